@@ -1,0 +1,131 @@
+"""Image helpers shared by the loop, tools, targets and reporters (PIL and numpy only)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from maia_core.errors import UserError
+
+# Masked images keep the unit's region and dim the rest to this fraction (as in MAIA).
+DIM_OUTSIDE = 0.25
+
+
+def sniff_media_type(data: bytes) -> str:
+    """The media type of encoded image bytes, from their magic numbers."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "image/png"
+    if data.startswith(b"\xff\xd8\xff"):
+        return "image/jpeg"
+    if data[:6] in (b"GIF87a", b"GIF89a"):
+        return "image/gif"
+    if data.startswith(b"RIFF") and data[8:12] == b"WEBP":
+        return "image/webp"
+    if data.startswith(b"BM"):
+        return "image/bmp"
+    raise ValueError("not a PNG, JPEG, GIF, WebP or BMP image")
+
+
+def encode_image(img: Image.Image, *, quality: int = 90) -> tuple[bytes, str]:
+    """Encode compactly: JPEG for opaque images, PNG where there is transparency or a palette."""
+    buf = io.BytesIO()
+    if img.mode in ("RGBA", "LA", "P", "PA") or "transparency" in img.info:
+        img.save(buf, format="PNG", optimize=False)
+        return buf.getvalue(), "image/png"
+    if img.mode not in ("RGB", "L"):
+        img = img.convert("RGB")
+    img.save(buf, format="JPEG", quality=quality)
+    return buf.getvalue(), "image/jpeg"
+
+
+def decode_image(data: bytes) -> Image.Image:
+    img = Image.open(io.BytesIO(data))
+    img.load()
+    return img
+
+
+def data_uri(data: bytes, media_type: str | None = None) -> str:
+    media_type = media_type or sniff_media_type(data)
+    return f"data:{media_type};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+def resize_longest(img: Image.Image, max_side: int) -> Image.Image:
+    """Shrink so the longest side is at most ``max_side``; never enlarge."""
+    w, h = img.size
+    if max(w, h) <= max_side:
+        return img
+    scale = max_side / max(w, h)
+    return img.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BICUBIC)
+
+
+def to_pil(obj: Any) -> Image.Image:
+    """Turn what agent code passes for an image into an RGB PIL image.
+
+    Accepts PIL images, numpy arrays (HxW, HxWx3 or HxWx4; uint8, or floats in [0, 1]),
+    torch tensors (CxHxW or HxWxC), encoded bytes, base64 strings (MAIA's image form) and
+    paths to image files.
+    """
+    if isinstance(obj, Image.Image):
+        return obj if obj.mode == "RGB" else obj.convert("RGB")
+    if hasattr(obj, "detach") and hasattr(obj, "cpu"):  # a torch tensor, without importing torch
+        arr = obj.detach().float().cpu().numpy()
+        if arr.ndim == 3 and arr.shape[0] in (1, 3, 4) and arr.shape[-1] not in (1, 3, 4):
+            arr = arr.transpose(1, 2, 0)
+        return to_pil(arr)
+    if isinstance(obj, np.ndarray):
+        arr = obj
+        if arr.ndim == 3 and arr.shape[-1] == 1:
+            arr = arr[..., 0]
+        if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[-1] not in (3, 4)):
+            raise TypeError(f"an image array must be HxW, HxWx3 or HxWx4, not shape {arr.shape}")
+        if arr.dtype != np.uint8:
+            arr = arr.astype(np.float32)
+            if arr.max(initial=0.0) <= 1.0:  # floats in [0, 1]
+                arr = arr * 255.0
+            arr = np.clip(arr, 0.0, 255.0).round().astype(np.uint8)
+        return Image.fromarray(arr).convert("RGB")
+    if isinstance(obj, (bytes, bytearray)):
+        return decode_image(bytes(obj)).convert("RGB")
+    if isinstance(obj, Path) or (isinstance(obj, str) and len(obj) < 4096 and Path(obj).suffix and Path(obj).is_file()):
+        return Image.open(obj).convert("RGB")
+    if isinstance(obj, str):
+        text = obj.split(",", 1)[1] if obj.startswith("data:") else obj
+        try:
+            return decode_image(base64.b64decode(text, validate=False)).convert("RGB")
+        except (binascii.Error, OSError, ValueError):
+            pass
+        raise TypeError("a string image must be a base64-encoded image or the path to an image file")
+    raise TypeError(f"cannot use a {type(obj).__name__} as an image")
+
+
+def to_pil_list(images: Any) -> list[Image.Image]:
+    """Accept one image or a list of them; always return a list of RGB PIL images."""
+    if isinstance(images, (list, tuple)):
+        return [to_pil(i) for i in images]
+    if isinstance(images, np.ndarray) and images.ndim == 4:
+        return [to_pil(i) for i in images]
+    if hasattr(images, "detach") and getattr(images, "ndim", 0) == 4:
+        return [to_pil(i) for i in images]
+    return [to_pil(images)]
+
+
+def dim_outside(img: Image.Image, mask: np.ndarray, factor: float = DIM_OUTSIDE) -> Image.Image:
+    """Keep pixels where ``mask`` is true; scale the others by ``factor``."""
+    arr = np.asarray(img.convert("RGB"), dtype=np.float32)
+    if mask.shape != arr.shape[:2]:
+        raise ValueError(f"mask {mask.shape} does not match image {arr.shape[:2]}")
+    weight = np.where(mask, 1.0, factor).astype(np.float32)[..., None]
+    return Image.fromarray((arr * weight).round().astype(np.uint8))
+
+
+def image_from_file(path: str | Path) -> Image.Image:
+    try:
+        return Image.open(path).convert("RGB")
+    except OSError as exc:
+        raise UserError(f"Cannot read image {str(path)!r}: {exc}.") from exc

@@ -1,0 +1,191 @@
+"""The investigation loop: one unit, one backbone, one sandbox, until a final answer.
+
+Each round asks the backbone, runs the ```python blocks of its reply in the sandbox, and
+sends back what they printed and displayed, and any error. A reply with ``[DESCRIPTION]``
+ends the investigation. After ``max_rounds`` the backbone is asked for its final answer.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from maia_core import prompts
+from maia_core.backbone import Backbone, Usage
+from maia_core.reporter import Reporter
+from maia_core.sandbox import Sandbox
+from maia_core.transcript import Message, Part, TextPart
+from maia_core.units import Unit
+
+DEFAULT_MAX_ROUNDS = 25
+# After max_rounds, how many times to ask for the final answer before giving up.
+FINAL_REQUESTS = 2
+
+_CODE = re.compile(r"```[ \t]*(?:python|py|python3)[ \t]*\n(.*?)(?:```|\Z)", re.DOTALL | re.IGNORECASE)
+_DESCRIPTION = re.compile(r"\[DESCRIPTION\]\**\s*:?\**\s*(.*?)(?=\**\s*\[LABEL\]|\Z)", re.DOTALL)
+_LABEL = re.compile(r"\[LABEL\]\**\s*:?\**\s*(.+)")
+
+
+def extract_code(text: str) -> list[str]:
+    """The ```python blocks of a reply, in order (an unterminated last block counts)."""
+    return [block.strip("\n") for block in _CODE.findall(text) if block.strip()]
+
+
+def parse_final(text: str) -> tuple[str, str] | None:
+    """``(description, label)`` if the reply holds a final answer, else None."""
+    d = _DESCRIPTION.search(text)
+    if not d:
+        return None
+    description = d.group(1).strip().strip("*").strip()
+    label_match = _LABEL.search(text, d.start())
+    label = label_match.group(1).strip().strip("*").strip() if label_match else ""
+    return description, label
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass
+class Result:
+    """What ``result.json`` holds."""
+
+    status: str  # "completed", "incomplete" (no final answer) or "failed"
+    description: str | None = None
+    label: str | None = None
+    rounds: int = 0
+    wall_time_s: float = 0.0
+    usage: Usage = field(default_factory=Usage)
+    rounds_usage: list[dict[str, Any]] = field(default_factory=list)
+    error: str | None = None
+    sandbox_restarts: int = 0
+    started_at: str = ""
+    finished_at: str = ""
+
+
+@dataclass
+class Investigation:
+    """The live state of one unit's investigation; reporters read it."""
+
+    unit: Unit
+    target: str
+    backbone: str
+    out_dir: Path
+    messages: list[Message] = field(default_factory=list)
+    threshold: str = ""
+    target_description: str = ""
+    result: Result | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        r = self.result or Result("running")
+        return {
+            "target": self.target,
+            "layer": self.unit.layer,
+            "unit": self.unit.index,
+            "backbone": self.backbone,
+            "status": r.status,
+            "description": r.description,
+            "label": r.label,
+            "rounds": r.rounds,
+            "wall_time_s": round(r.wall_time_s, 3),
+            "usage": {**r.usage.to_json(), "per_round": r.rounds_usage},
+            "error": r.error,
+            "threshold": self.threshold,
+            "sandbox_restarts": r.sandbox_restarts,
+            "started_at": r.started_at,
+            "finished_at": r.finished_at,
+        }
+
+
+class Loop:
+    """Runs investigations; one instance serves every unit of a run."""
+
+    def __init__(self, backbone: Backbone, sandbox: Sandbox, reporter: Reporter, *, max_rounds: int = DEFAULT_MAX_ROUNDS):
+        self.backbone = backbone
+        self.sandbox = sandbox
+        self.reporter = reporter
+        self.max_rounds = max_rounds
+
+    def _add(self, inv: Investigation, message: Message) -> None:
+        inv.messages.append(message)
+        self.reporter.message_added(inv, message)
+
+    def _ask(self, inv: Investigation, result: Result, kind: str) -> str:
+        reply = self.backbone.complete(inv.messages)
+        result.rounds += 1
+        result.usage = result.usage + reply.usage
+        result.rounds_usage.append({"round": result.rounds, **reply.usage.to_json()})
+        meta = {"round": result.rounds, "kind": kind, "usage": reply.usage.to_json()}
+        if reply.model:
+            meta["model"] = reply.model
+        self._add(inv, Message.of("assistant", reply.text, **meta))
+        return reply.text
+
+    def _run_code(self, blocks: list[str]) -> tuple[list[Part], float, int]:
+        parts: list[Part] = []
+        seconds = 0.0
+        restarts = 0
+        for i, code in enumerate(blocks):
+            cell = self.sandbox.run_cell(code)
+            parts.extend(cell.parts)
+            seconds += cell.seconds
+            if cell.restarted:
+                restarts += 1
+                parts.append(TextPart(prompts.restart_note(cell.restarted), "note"))
+            if cell.error:
+                if i + 1 < len(blocks):
+                    parts.append(TextPart(f"[The remaining {len(blocks) - i - 1} code block(s) of your reply were not run.]", "note"))
+                break
+        if not parts:
+            parts.append(TextPart("[The code ran and printed nothing. Print or display what you want to see.]", "note"))
+        return parts, seconds, restarts
+
+    def run(self, inv: Investigation) -> Result:
+        """Investigate ``inv.unit`` to the end. Backbone failures propagate to the caller."""
+        result = Result("incomplete", started_at=_now())
+        inv.result = None
+        start = time.perf_counter()
+        try:
+            setup = self.sandbox.begin(inv.unit)
+            inv.threshold = setup.threshold_note
+            inv.target_description = setup.target_description
+            self._add(inv, Message.of("system", prompts.system_prompt(setup.api), kind="system"))
+            task = prompts.task_prompt(str(inv.unit.index), inv.unit.layer, inv.target, setup.target_description, setup.threshold_note)
+            self._add(inv, Message.of("user", task, kind="task", target=inv.target, layer=inv.unit.layer, unit=inv.unit.index))
+
+            final = None
+            for round_no in range(1, self.max_rounds + 1):
+                text = self._ask(inv, result, "experiment")
+                final = parse_final(text)
+                if final:
+                    break
+                blocks = extract_code(text)
+                if not blocks:
+                    parts: list[Part] = [TextPart(prompts.CORRECTION, "note")]
+                    meta = {"round": result.rounds, "kind": "correction"}
+                else:
+                    parts, seconds, restarts = self._run_code(blocks)
+                    result.sandbox_restarts += restarts
+                    meta = {"round": result.rounds, "kind": "result", "seconds": round(seconds, 3)}
+                if round_no == self.max_rounds:
+                    parts.append(TextPart(prompts.final_request(self.max_rounds), "note"))
+                self._add(inv, Message("user", parts, meta))
+
+            for attempt in range(FINAL_REQUESTS if not final else 0):
+                if attempt:
+                    self._add(inv, Message.of("user", TextPart(prompts.final_request(self.max_rounds), "note"), kind="final_request"))
+                final = parse_final(self._ask(inv, result, "final"))
+                if final:
+                    break
+            if final:
+                result.status = "completed"
+                result.description, result.label = final
+        finally:
+            result.wall_time_s = time.perf_counter() - start
+            result.finished_at = _now()
+            inv.result = result
+        return result

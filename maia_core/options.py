@@ -1,0 +1,67 @@
+"""Parsing the ``key=value`` options users give to targets, tools and backbones."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from maia_core.errors import UserError
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def parse_pairs(items: Iterable[str], flag: str) -> dict[str, str]:
+    """``["pretrained=false", "k=3"]`` -> ``{"pretrained": "false", "k": "3"}``."""
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"Malformed {flag} {item!r}. Expected KEY=VALUE, e.g. {flag} pretrained=false.")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def as_bool(value: str | bool, name: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    v = value.strip().lower()
+    if v in _TRUE:
+        return True
+    if v in _FALSE:
+        return False
+    raise UserError(f"Option {name}={value!r} must be true or false.")
+
+
+def as_float(value: str | float, name: str) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise UserError(f"Option {name}={value!r} must be a number.") from None
+
+
+def as_int(value: str | int, name: str) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise UserError(f"Option {name}={value!r} must be a whole number.") from None
+
+
+def reject_unknown(options: dict[str, object], owner: str, known: Iterable[str]) -> None:
+    """Unknown options are errors, not silently ignored."""
+    extra = sorted(set(options) - set(known))
+    if extra:
+        raise UserError(f"{owner} has no option {extra[0]!r}. Its options: {', '.join(sorted(known)) or 'none'}.")
+
+
+# Options every torch-based target takes, passed on to TorchTarget.
+TARGET_TUNING = ("batch_size", "mask_quantile")
+
+
+def target_tuning(options: dict[str, str]) -> dict[str, object]:
+    """The TorchTarget keyword arguments among a target's options."""
+    out: dict[str, object] = {}
+    if "batch_size" in options:
+        out["batch_size"] = as_int(options["batch_size"], "batch_size")
+    if "mask_quantile" in options:
+        out["mask_quantile"] = as_float(options["mask_quantile"], "mask_quantile")
+    return out

@@ -1,0 +1,161 @@
+"""A run: many units of one target investigated by one backbone.
+
+Used by ``maia run`` and usable from notebooks::
+
+    from maia_core.run import RunConfig, run
+    investigations = run(RunConfig(target="efficientnet_lite0", units="blocks.6=0-2",
+                                   backbone="replay:history.json"))
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from maia_core import plugins
+from maia_core import units as unitspec
+from maia_core.backbone import Backbone
+from maia_core.errors import BackboneError, UserError
+from maia_core.files import slug
+from maia_core.investigation import DEFAULT_MAX_ROUNDS, Investigation, Loop, Result
+from maia_core.reporter import Reporter, Reporters
+from maia_core.sandbox import DEFAULT_CELL_TIMEOUT, make_sandbox, parse_memory
+from maia_core.transcript import Message
+from maia_core.units import Unit
+from maia_core.world import WorldSpec
+
+DEFAULT_REPORTERS = ("json", "html", "console")
+
+
+@dataclass
+class RunConfig:
+    target: str
+    backbone: str
+    units: str | None = None
+    unit_file: str | None = None
+    random: int | None = None
+    seed: int = 0
+    chunk: str | None = None
+    target_options: dict[str, str] = field(default_factory=dict)
+    backbone_options: dict[str, str] = field(default_factory=dict)
+    tools: list[str] | None = None
+    reporters: list[str] | None = None
+    results: Path = Path("results")
+    max_rounds: int = DEFAULT_MAX_ROUNDS
+    device: str = "auto"
+    precision: str = "fp32"
+    sandbox: str = "process"
+    cell_timeout: float | None = DEFAULT_CELL_TIMEOUT
+    memory_limit: str | None = "80%"
+    exemplars: str | None = None
+    force: bool = False
+
+
+@dataclass
+class RunInfo:
+    config: RunConfig
+    units: list[Unit]
+    backbone: str
+    target: str
+
+
+def selection(config: RunConfig) -> unitspec.Selection:
+    if bool(config.units) == bool(config.unit_file):
+        raise UserError("Give the units to study with exactly one of --units LAYER=UNITS or --unit-file FILE.")
+    return unitspec.parse_unit_spec(config.units) if config.units else unitspec.read_unit_file(config.unit_file)
+
+
+def make_backbone(spec: str, options: dict[str, str] | None = None) -> Backbone:
+    entry, arg = plugins.registry("backbones").resolve(spec)
+    backbone = entry.factory(arg, **(options or {}))
+    backbone.name = backbone.name or spec
+    return backbone
+
+
+def make_reporters(names: list[str] | None, results: Path) -> Reporters:
+    registry = plugins.registry("reporters")
+    chosen = list(names) if names is not None else [n for n in DEFAULT_REPORTERS if n in registry.entries]
+    return Reporters([registry.resolve(n)[0].factory(results) for n in chosen])
+
+
+def unit_dir(results: Path, backbone: Backbone, target: str, unit: Unit) -> Path:
+    """``results/<backbone>/<target>/<layer>/<unit>/``"""
+    return Path(results) / backbone.slug / slug(target) / slug(unit.layer) / str(unit.index)
+
+
+def completed(out_dir: Path) -> bool:
+    try:
+        return json.loads((out_dir / "result.json").read_text()).get("status") == "completed"
+    except (OSError, ValueError):
+        return False
+
+
+def run(config: RunConfig, reporter: Reporter | None = None) -> list[Investigation]:
+    """Investigate every selected unit; returns the investigations, finished or skipped."""
+    wanted = selection(config)
+    plugins.registry("targets").resolve(config.target)  # an unknown target fails before any loading
+    tools = plugins.select_tools(config.tools)
+    memory_limit = parse_memory(config.memory_limit)
+    results = Path(config.results)
+    backbone = make_backbone(config.backbone, config.backbone_options)
+    reporters = reporter or make_reporters(config.reporters, results)
+
+    spec = WorldSpec(
+        target=config.target,
+        target_options=dict(config.target_options),
+        tools={cap: e.name for cap, e in tools.items()},
+        device=config.device,
+        precision=config.precision,
+        exemplars=config.exemplars,
+    )
+
+    def ask_backbone(messages: list[Message]) -> str:
+        return backbone.complete(messages).text
+
+    sandbox = make_sandbox(
+        config.sandbox,
+        spec,
+        ask_backbone=ask_backbone,
+        cell_timeout=config.cell_timeout,
+        memory_limit=memory_limit,
+        log_path=results / "worker.log",
+    )
+    investigations: list[Investigation] = []
+    try:
+        sandbox.start()
+        layers = sandbox.layer_infos(list(wanted))
+        selected = unitspec.expand(wanted, layers, config.target)
+        if config.random is not None:
+            selected = unitspec.sample(selected, config.random, config.seed)
+        if config.chunk:
+            selected = unitspec.chunk(selected, *unitspec.parse_chunk(config.chunk))
+        info = RunInfo(config, selected, backbone.name, config.target)
+        reporters.run_started(info)
+        loop = Loop(backbone, sandbox, reporters, max_rounds=config.max_rounds)
+        for unit in selected:
+            inv = Investigation(unit, config.target, backbone.name, unit_dir(results, backbone, config.target, unit))
+            investigations.append(inv)
+            if not config.force and completed(inv.out_dir):
+                reporters.unit_skipped(inv)
+                continue
+            reporters.unit_started(inv)
+            try:
+                loop.run(inv)
+            except (BackboneError, RuntimeError) as exc:
+                # The backbone gave up, or the sandbox could not serve this unit: mark it
+                # failed and go on with the others.
+                inv.result = inv.result or Result("failed")
+                inv.result.status = "failed"
+                inv.result.error = f"{type(exc).__name__}: {exc}"
+                if not isinstance(exc, BackboneError):
+                    traceback.print_exc(file=sys.stderr)
+            reporters.unit_finished(inv)
+        reporters.run_finished(info, investigations)
+    finally:
+        sandbox.close()
+        backbone.close()
+        reporters.close()
+    return investigations

@@ -1,0 +1,51 @@
+"""The target interface: a model under study, its layers, and the agent-facing ``system``.
+
+A target plugin registers a factory returning a :class:`Target`. Most targets are PyTorch
+modules and subclass :class:`maia_core.torch_target.TorchTarget`, which implements layers,
+activation maps and masks once for all of them.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+from maia_core.errors import UserError
+from maia_core.units import LayerInfo, Unit
+
+
+class Target(ABC):
+    """A model under study plus its preprocessing. Lives in the sandbox worker."""
+
+    #: The spec the user named (``timm:resnet18``); set by the factory.
+    name: str = ""
+
+    @abstractmethod
+    def layers(self, all: bool = False) -> list[LayerInfo]:
+        """The readable layers, in forward order. ``all=False`` lists the main ones only."""
+
+    def layer(self, name: str) -> LayerInfo | None:
+        """Any readable layer by name, listed or not; ``None`` if the target has no such layer."""
+        return next((info for info in self.layers(all=True) if info.name == name), None)
+
+    def require_layer(self, name: str) -> LayerInfo:
+        info = self.layer(name)
+        if info is None:
+            listed = ", ".join(i.name for i in self.layers())
+            raise UserError(f"Unknown layer {name!r} for target {self.name}. Valid layers: {listed}.")
+        return info
+
+    @abstractmethod
+    def system(self, unit: Unit, *, threshold: float | None = None) -> Any:
+        """The object the agent calls ``system``: its public methods and docstrings are its API.
+
+        ``threshold`` is the unit's activation threshold over a dataset, when an exemplar
+        store provides one; without it masks use a per-image quantile.
+        """
+
+    def describe(self) -> str:
+        """One line on what the model is, shown to the agent and in reports."""
+        return self.name
+
+    def close(self) -> None:
+        """Release models and memory."""

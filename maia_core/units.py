@@ -1,0 +1,134 @@
+"""Units and unit specs.
+
+A unit is one index in a layer's basis (a channel, a class, an SAE latent). Specs use MAIA's
+syntax, ``layer3=229,288:layer4=122,210``, plus ranges (``layer4=0-9``) and a bare layer name
+for all of its units (``layer4``). ``--unit-file`` reads MAIA's neuron_indices JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from maia_core.errors import UserError
+
+SPEC_FORM = "LAYER=UNITS[:LAYER=UNITS...], e.g. layer3=229,288:layer4=0-9 (a bare LAYER means all its units)"
+
+# What a unit spec selects: layer name -> unit indices, or None for all of the layer's units.
+Selection = dict[str, "list[int] | None"]
+
+
+@dataclass(frozen=True)
+class Unit:
+    layer: str
+    index: int
+
+    def __str__(self) -> str:
+        return f"{self.layer}={self.index}"
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """A readable layer of a target: how many units it has and the spatial size of its maps."""
+
+    name: str
+    units: int
+    # (h, w) of the activation map, or None for a vector output (pooled features, logits).
+    spatial: tuple[int, int] | None = None
+    # "conv" (B,C,h,w), "tokens" (transformer tokens reshaped to a grid), "vector" (B,C) or "output".
+    kind: str = "conv"
+    shape: tuple[int, ...] = ()
+
+
+_INDEX = re.compile(r"^\s*(\d+)\s*(?:-\s*(\d+)\s*)?$")
+
+
+def parse_unit_spec(spec: str) -> Selection:
+    """Parse ``layer3=229,288:layer4=0-9`` into ``{"layer3": [229, 288], "layer4": [0..9]}``."""
+    selection: Selection = {}
+    if not spec or not spec.strip():
+        raise UserError(f"Empty unit spec. Expected {SPEC_FORM}.")
+    for group in spec.split(":"):
+        layer, sep, units = group.partition("=")
+        layer = layer.strip()
+        if not layer or (sep and not units.strip()):
+            raise UserError(f"Malformed unit spec {spec!r}. Expected {SPEC_FORM}.")
+        if not sep:
+            selection[layer] = None
+            continue
+        indices: list[int] = list(selection.get(layer) or [])
+        for item in units.split(","):
+            m = _INDEX.match(item)
+            if not m:
+                raise UserError(f"Malformed unit spec {spec!r}: {item.strip()!r} is not a unit index or range. Expected {SPEC_FORM}.")
+            lo = int(m.group(1))
+            hi = int(m.group(2)) if m.group(2) is not None else lo
+            if hi < lo:
+                raise UserError(f"Malformed unit spec {spec!r}: range {item.strip()!r} runs backwards.")
+            indices.extend(range(lo, hi + 1))
+        selection[layer] = list(dict.fromkeys(indices))
+    return selection
+
+
+def read_unit_file(path: str | Path) -> Selection:
+    """Read MAIA's neuron_indices JSON: ``{"layer4": [122, 210], ...}``."""
+    path = Path(path)
+    try:
+        obj = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"Unit file {str(path)!r} does not exist.") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"Cannot read unit file {str(path)!r}: {exc}.") from None
+    except json.JSONDecodeError as exc:
+        raise UserError(f"Unit file {str(path)!r} is not valid JSON ({exc}); expected {{\"layer\": [units]}}.") from None
+    if not isinstance(obj, dict) or not all(
+        isinstance(k, str) and isinstance(v, list) and all(isinstance(i, int) and i >= 0 for i in v)
+        for k, v in obj.items()
+    ):
+        raise UserError(f"Unit file {str(path)!r} must map layer names to lists of unit indices, like {{\"layer4\": [122, 210]}}.")
+    return {k: list(dict.fromkeys(v)) for k, v in obj.items()}
+
+
+def expand(selection: Selection, layers: dict[str, LayerInfo], target: str) -> list[Unit]:
+    """Turn a selection into units, checking every layer and index against the target."""
+    units: list[Unit] = []
+    for name, indices in selection.items():
+        info = layers.get(name)
+        if info is None:
+            raise UserError(f"Unknown layer {name!r} for target {target}. Valid layers: {', '.join(layers)}.")
+        if indices is None:
+            indices = list(range(info.units))
+        for i in indices:
+            if not 0 <= i < info.units:
+                raise UserError(
+                    f"Unit {i} is out of range for layer {name!r} of {target}, which has {info.units} units (0-{info.units - 1})."
+                )
+            units.append(Unit(name, i))
+    return units
+
+
+def sample(units: list[Unit], n: int, seed: int = 0) -> list[Unit]:
+    """``n`` units drawn without replacement, deterministic given ``seed``, in their listed order."""
+    if n < 1:
+        raise UserError(f"--random must be at least 1, not {n}.")
+    if n > len(units):
+        raise UserError(f"--random {n} asks for more units than the {len(units)} selected.")
+    chosen = set(random.Random(seed).sample(range(len(units)), n))
+    return [u for i, u in enumerate(units) if i in chosen]
+
+
+def parse_chunk(text: str) -> tuple[int, int]:
+    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text or "")
+    if not m or int(m.group(2)) < 1 or int(m.group(1)) >= int(m.group(2)):
+        raise UserError(f"Malformed --chunk {text!r}. Expected I/N with 0 <= I < N, e.g. 0/4 for the first of four chunks.")
+    return int(m.group(1)), int(m.group(2))
+
+
+def chunk(units: list[Unit], index: int, total: int) -> list[Unit]:
+    """Chunk ``index`` of ``total`` contiguous, balanced chunks (MAIA's --chunk_id/--total_chunks)."""
+    base, extra = divmod(len(units), total)
+    start = index * base + min(index, extra)
+    return units[start : start + base + (1 if index < extra else 0)]
