@@ -32,25 +32,79 @@ def _split(values: list[str] | None) -> list[str] | None:
 
 @app.command()
 def run(
-    target: str = typer.Option(..., "--target", "-t", help="The model to study: efficientnet_lite0, timm:<name>, ... (see maia plugins)."),
-    backbone: str = typer.Option(..., "--backbone", "-b", help="The agent: replay:PATH, claude, gpt-4o, ... (see maia plugins)."),
-    units: str | None = typer.Option(None, "--units", "-u", help="Units, MAIA syntax: layer3=229,288:layer4=0-9 (a bare layer means all units)."),
-    unit_file: Path | None = typer.Option(None, "--unit-file", help="MAIA's neuron_indices JSON: {\"layer\": [units]}."),
-    random: int | None = typer.Option(None, "--random", help="Study N units sampled from the selection."),
+    target: str = typer.Option(
+        ...,
+        "--target",
+        "-t",
+        help="The model to study: efficientnet_lite0, timm:<name>, ... (see maia plugins).",
+    ),
+    backbone: str = typer.Option(
+        ...,
+        "--backbone",
+        "-b",
+        help="The agent: replay:PATH, claude, gpt-4o, ... (see maia plugins).",
+    ),
+    units: str | None = typer.Option(
+        None,
+        "--units",
+        "-u",
+        help="Units, MAIA syntax: layer3=229,288:layer4=0-9 (a bare layer means all units).",
+    ),
+    unit_file: Path | None = typer.Option(
+        None, "--unit-file", help='MAIA\'s neuron_indices JSON: {"layer": [units]}.'
+    ),
+    random: int | None = typer.Option(
+        None, "--random", help="Study N units sampled from the selection."
+    ),
     seed: int = typer.Option(0, "--seed", help="Seed for --random."),
-    chunk: str | None = typer.Option(None, "--chunk", help="I/N: study only chunk I (0-based) of N, as MAIA's --chunk_id/--total_chunks."),
-    target_option: list[str] = typer.Option([], "--target-option", help="KEY=VALUE passed to the target, e.g. pretrained=false. Repeatable."),
-    backbone_option: list[str] = typer.Option([], "--backbone-option", help="KEY=VALUE passed to the backbone. Repeatable."),
-    tools: list[str] | None = typer.Option(None, "--tools", help="Tools to expose, comma-separated; pick an implementation with cap=impl. Default: all."),
-    reporter: list[str] | None = typer.Option(None, "--reporter", help="Reporters, comma-separated. Default: json,html,console."),
-    results: Path = typer.Option(Path("results"), "--results", help="Results folder: <results>/<backbone>/<target>/<layer>/<unit>/."),
-    max_rounds: int = typer.Option(DEFAULT_MAX_ROUNDS, "--max-rounds", min=1, help="Experiment rounds before the agent must answer."),
+    chunk: str | None = typer.Option(
+        None,
+        "--chunk",
+        help="I/N: study only chunk I (0-based) of N, as MAIA's --chunk_id/--total_chunks.",
+    ),
+    target_option: list[str] = typer.Option(
+        [],
+        "--target-option",
+        help="KEY=VALUE passed to the target, e.g. pretrained=false. Repeatable.",
+    ),
+    backbone_option: list[str] = typer.Option(
+        [], "--backbone-option", help="KEY=VALUE passed to the backbone. Repeatable."
+    ),
+    tools: list[str] | None = typer.Option(
+        None,
+        "--tools",
+        help="Tools to expose, comma-separated; pick an implementation with cap=impl. Default: all.",
+    ),
+    reporter: list[str] | None = typer.Option(
+        None, "--reporter", help="Reporters, comma-separated. Default: json,html,console."
+    ),
+    results: Path = typer.Option(
+        Path("results"),
+        "--results",
+        help="Results folder: <results>/<backbone>/<target>/<layer>/<unit>/.",
+    ),
+    max_rounds: int = typer.Option(
+        DEFAULT_MAX_ROUNDS,
+        "--max-rounds",
+        min=1,
+        help="Experiment rounds before the agent must answer.",
+    ),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     precision: str = typer.Option("fp32", "--precision", help="fp32, bf16 or fp16 (autocast)."),
-    sandbox: str = typer.Option("process", "--sandbox", help="process (isolated worker) or none (in this process, for notebooks)."),
-    cell_timeout: float = typer.Option(DEFAULT_CELL_TIMEOUT, "--cell-timeout", help="Seconds one cell may run."),
-    memory_limit: str = typer.Option("80%", "--memory-limit", help="Worker memory cap: 8G, 512M, 75% of RAM, or none."),
-    exemplars: Path | None = typer.Option(None, "--exemplars", help="Exemplar store folder (default ./exemplars)."),
+    sandbox: str = typer.Option(
+        "process",
+        "--sandbox",
+        help="process (isolated worker) or none (in this process, for notebooks).",
+    ),
+    cell_timeout: float = typer.Option(
+        DEFAULT_CELL_TIMEOUT, "--cell-timeout", help="Seconds one cell may run."
+    ),
+    memory_limit: str = typer.Option(
+        "80%", "--memory-limit", help="Worker memory cap: 8G, 512M, 75% of RAM, or none."
+    ),
+    exemplars: Path | None = typer.Option(
+        None, "--exemplars", help="Exemplar store folder (default ./exemplars)."
+    ),
     force: bool = typer.Option(False, "--force", help="Re-run units that already completed."),
 ) -> None:
     """Investigate units of a target with a backbone, and write reports."""
@@ -87,8 +141,12 @@ def run(
 @app.command()
 def layers(
     target: str = typer.Argument(..., help="The target, as for maia run --target."),
-    target_option: list[str] = typer.Option([], "--target-option", help="KEY=VALUE passed to the target. Repeatable."),
-    all_layers: bool = typer.Option(False, "--all", help="List every module, not only the main layers."),
+    target_option: list[str] = typer.Option(
+        [], "--target-option", help="KEY=VALUE passed to the target. Repeatable."
+    ),
+    all_layers: bool = typer.Option(
+        False, "--all", help="List every module, not only the main layers."
+    ),
     device: str = typer.Option("cpu", "--device", help="Where to load the model for probing."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
@@ -100,21 +158,35 @@ def layers(
     try:
         tgt = entry.factory(arg, device=device, **parse_pairs(target_option, "--target-option"))
     except ModuleNotFoundError as exc:
-        raise UserError(f"Target {target} needs the Python module {exc.name!r}; install it, e.g. pip install 'maia[torch]'.") from exc
+        raise UserError(
+            f"Target {target} needs the Python module {exc.name!r}; install it, e.g. pip install 'maia[torch]'."
+        ) from exc
     infos = tgt.layers(all=all_layers)
     if as_json:
-        print(json.dumps([{"layer": i.name, "units": i.units, "spatial": i.spatial, "kind": i.kind} for i in infos], indent=2))
+        print(
+            json.dumps(
+                [
+                    {"layer": i.name, "units": i.units, "spatial": i.spatial, "kind": i.kind}
+                    for i in infos
+                ],
+                indent=2,
+            )
+        )
         return
     table = Table(title=f"{target}: {tgt.describe()}")
     for col in ("layer", "units", "spatial", "kind"):
         table.add_column(col, justify="right" if col == "units" else "left")
     for i in infos:
-        table.add_row(i.name, str(i.units), f"{i.spatial[0]}x{i.spatial[1]}" if i.spatial else "-", i.kind)
+        table.add_row(
+            i.name, str(i.units), f"{i.spatial[0]}x{i.spatial[1]}" if i.spatial else "-", i.kind
+        )
     Console().print(table)
 
 
 @app.command("plugins")
-def list_plugins(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
+def list_plugins(
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
     """List discovered plugins: distribution, version, and what each provides."""
     infos = plugins.plugin_infos()
     if as_json:
@@ -127,7 +199,9 @@ def list_plugins(as_json: bool = typer.Option(False, "--json", help="Print JSON 
     for col in ("plugin", "distribution", "version", "provides"):
         table.add_column(col)
     for info in infos:
-        provides = "; ".join(f"{kind}: {', '.join(names)}" for kind, names in sorted(info.provides.items()))
+        provides = "; ".join(
+            f"{kind}: {', '.join(names)}" for kind, names in sorted(info.provides.items())
+        )
         if info.error:
             provides = f"[red]failed to load: {info.error}[/]"
         table.add_row(info.name, info.distribution or "-", info.version or "-", provides or "-")
@@ -146,7 +220,9 @@ def main() -> None:
         sys.stderr.write(f"Error: {exc.message}\n")
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
-        sys.stderr.write("Interrupted. Finished units are saved; run the same command again to resume.\n")
+        sys.stderr.write(
+            "Interrupted. Finished units are saved; run the same command again to resume.\n"
+        )
         sys.exit(130)
 
 

@@ -92,7 +92,9 @@ def to_pil(obj: Any) -> Image.Image:
         return Image.fromarray(arr).convert("RGB")
     if isinstance(obj, (bytes, bytearray)):
         return decode_image(bytes(obj)).convert("RGB")
-    if isinstance(obj, Path) or (isinstance(obj, str) and len(obj) < 4096 and Path(obj).suffix and Path(obj).is_file()):
+    if isinstance(obj, Path) or (
+        isinstance(obj, str) and len(obj) < 4096 and Path(obj).suffix and Path(obj).is_file()
+    ):
         return Image.open(obj).convert("RGB")
     if isinstance(obj, str):
         text = obj.split(",", 1)[1] if obj.startswith("data:") else obj
@@ -100,7 +102,9 @@ def to_pil(obj: Any) -> Image.Image:
             return decode_image(base64.b64decode(text, validate=False)).convert("RGB")
         except (binascii.Error, OSError, ValueError):
             pass
-        raise TypeError("a string image must be a base64-encoded image or the path to an image file")
+        raise TypeError(
+            "a string image must be a base64-encoded image or the path to an image file"
+        )
     raise TypeError(f"cannot use a {type(obj).__name__} as an image")
 
 

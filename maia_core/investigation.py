@@ -25,7 +25,9 @@ DEFAULT_MAX_ROUNDS = 25
 # After max_rounds, how many times to ask for the final answer before giving up.
 FINAL_REQUESTS = 2
 
-_CODE = re.compile(r"```[ \t]*(?:python|py|python3)[ \t]*\n(.*?)(?:```|\Z)", re.DOTALL | re.IGNORECASE)
+_CODE = re.compile(
+    r"```[ \t]*(?:python|py|python3)[ \t]*\n(.*?)(?:```|\Z)", re.DOTALL | re.IGNORECASE
+)
 _DESCRIPTION = re.compile(r"\[DESCRIPTION\]\**\s*:?\**\s*(.*?)(?=\**\s*\[LABEL\]|\Z)", re.DOTALL)
 _LABEL = re.compile(r"\[LABEL\]\**\s*:?\**\s*(.+)")
 
@@ -104,7 +106,14 @@ class Investigation:
 class Loop:
     """Runs investigations; one instance serves every unit of a run."""
 
-    def __init__(self, backbone: Backbone, sandbox: Sandbox, reporter: Reporter, *, max_rounds: int = DEFAULT_MAX_ROUNDS):
+    def __init__(
+        self,
+        backbone: Backbone,
+        sandbox: Sandbox,
+        reporter: Reporter,
+        *,
+        max_rounds: int = DEFAULT_MAX_ROUNDS,
+    ):
         self.backbone = backbone
         self.sandbox = sandbox
         self.reporter = reporter
@@ -138,10 +147,20 @@ class Loop:
                 parts.append(TextPart(prompts.restart_note(cell.restarted), "note"))
             if cell.error:
                 if i + 1 < len(blocks):
-                    parts.append(TextPart(f"[The remaining {len(blocks) - i - 1} code block(s) of your reply were not run.]", "note"))
+                    parts.append(
+                        TextPart(
+                            f"[The remaining {len(blocks) - i - 1} code block(s) of your reply were not run.]",
+                            "note",
+                        )
+                    )
                 break
         if not parts:
-            parts.append(TextPart("[The code ran and printed nothing. Print or display what you want to see.]", "note"))
+            parts.append(
+                TextPart(
+                    "[The code ran and printed nothing. Print or display what you want to see.]",
+                    "note",
+                )
+            )
         return parts, seconds, restarts
 
     def run(self, inv: Investigation) -> Result:
@@ -154,8 +173,24 @@ class Loop:
             inv.threshold = setup.threshold_note
             inv.target_description = setup.target_description
             self._add(inv, Message.of("system", prompts.system_prompt(setup.api), kind="system"))
-            task = prompts.task_prompt(str(inv.unit.index), inv.unit.layer, inv.target, setup.target_description, setup.threshold_note)
-            self._add(inv, Message.of("user", task, kind="task", target=inv.target, layer=inv.unit.layer, unit=inv.unit.index))
+            task = prompts.task_prompt(
+                str(inv.unit.index),
+                inv.unit.layer,
+                inv.target,
+                setup.target_description,
+                setup.threshold_note,
+            )
+            self._add(
+                inv,
+                Message.of(
+                    "user",
+                    task,
+                    kind="task",
+                    target=inv.target,
+                    layer=inv.unit.layer,
+                    unit=inv.unit.index,
+                ),
+            )
 
             final = None
             for round_no in range(1, self.max_rounds + 1):
@@ -177,7 +212,14 @@ class Loop:
 
             for attempt in range(FINAL_REQUESTS if not final else 0):
                 if attempt:
-                    self._add(inv, Message.of("user", TextPart(prompts.final_request(self.max_rounds), "note"), kind="final_request"))
+                    self._add(
+                        inv,
+                        Message.of(
+                            "user",
+                            TextPart(prompts.final_request(self.max_rounds), "note"),
+                            kind="final_request",
+                        ),
+                    )
                 final = parse_final(self._ask(inv, result, "final"))
                 if final:
                     break

@@ -16,7 +16,9 @@ def parse_pairs(items: Iterable[str], flag: str) -> dict[str, str]:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise UserError(f"Malformed {flag} {item!r}. Expected KEY=VALUE, e.g. {flag} pretrained=false.")
+            raise UserError(
+                f"Malformed {flag} {item!r}. Expected KEY=VALUE, e.g. {flag} pretrained=false."
+            )
         out[key.strip()] = value.strip()
     return out
 
@@ -50,7 +52,9 @@ def reject_unknown(options: dict[str, object], owner: str, known: Iterable[str])
     """Unknown options are errors, not silently ignored."""
     extra = sorted(set(options) - set(known))
     if extra:
-        raise UserError(f"{owner} has no option {extra[0]!r}. Its options: {', '.join(sorted(known)) or 'none'}.")
+        raise UserError(
+            f"{owner} has no option {extra[0]!r}. Its options: {', '.join(sorted(known)) or 'none'}."
+        )
 
 
 # Options every torch-based target takes, passed on to TorchTarget.

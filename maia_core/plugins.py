@@ -88,9 +88,13 @@ class Registry:
         name, sep, arg = spec.partition(":")
         if sep and name in self.entries:
             if not arg:
-                raise UserError(f"{self.flag} {spec!r} needs something after the colon, like {name}:<name>.")
+                raise UserError(
+                    f"{self.flag} {spec!r} needs something after the colon, like {name}:<name>."
+                )
             return self.entries[name], arg
-        raise UserError(f"Unknown {self.kind[:-1]} {spec!r} for {self.flag}. Known: {self.known()}.")
+        raise UserError(
+            f"Unknown {self.kind[:-1]} {spec!r} for {self.flag}. Known: {self.known()}."
+        )
 
 
 class _PluginSet:
@@ -118,7 +122,9 @@ class _PluginSet:
                 self.pm.register(ep.load(), name=ep.name)
             except Exception as exc:  # a broken plugin must not break maia
                 info.error = f"{type(exc).__name__}: {exc}"
-                sys.stderr.write(f"maia: plugin {ep.name!r} ({ep.value}) failed to load: {info.error}\n")
+                sys.stderr.write(
+                    f"maia: plugin {ep.name!r} ({ep.value}) failed to load: {info.error}\n"
+                )
 
     def register_object(self, plugin: object, name: str) -> None:
         self.pm.register(plugin, name=name)
@@ -131,7 +137,12 @@ class _PluginSet:
         return self._registries[kind]
 
     def _collect(self, kind: str) -> Registry:
-        flag = {"targets": "--target", "backbones": "--backbone", "tools": "--tools", "reporters": "--reporter"}[kind]
+        flag = {
+            "targets": "--target",
+            "backbones": "--backbone",
+            "tools": "--tools",
+            "reporters": "--reporter",
+        }[kind]
         registry = Registry(kind, flag)
         caller = getattr(self.pm.hook, f"register_{kind}")
         # Hook implementations are called one by one so each registration is attributed
@@ -139,12 +150,21 @@ class _PluginSet:
         for impl in reversed(caller.get_hookimpls()):
             plugin_name = impl.plugin_name
 
-            def register(name: str, factory: Callable[..., Any], *, help: str = "", _p=plugin_name, **meta: Any) -> None:
+            def register(
+                name: str,
+                factory: Callable[..., Any],
+                *,
+                help: str = "",
+                _p=plugin_name,
+                **meta: Any,
+            ) -> None:
                 if kind == "tools":
                     meta.setdefault("capability", name)
                 if "patterns" in meta:
                     meta["patterns"] = tuple(meta["patterns"])
-                registry.add(Entry(kind, name, factory, _p, help or _first_line(factory.__doc__), meta))
+                registry.add(
+                    Entry(kind, name, factory, _p, help or _first_line(factory.__doc__), meta)
+                )
                 info = self.infos.setdefault(_p, PluginInfo(name=_p, module=_p))
                 info.provides.setdefault(kind, []).append(name)
 
@@ -222,7 +242,9 @@ def select_tools(selection: Iterable[str] | None) -> dict[str, Entry]:
     for item in selection:
         cap, _, impl = item.strip().partition("=")
         if cap not in by_cap:
-            raise UserError(f"Unknown tool {cap!r} for --tools. Known: {', '.join(sorted(by_cap)) or 'none installed'}.")
+            raise UserError(
+                f"Unknown tool {cap!r} for --tools. Known: {', '.join(sorted(by_cap)) or 'none installed'}."
+            )
         if impl:
             match = [e for e in by_cap[cap] if e.name == impl]
             if not match:

@@ -95,7 +95,9 @@ When you are confident, reply with no code and give your final answer in exactly
 """
 
 
-def task_prompt(unit: str, layer: str, target: str, target_description: str, threshold_note: str) -> str:
+def task_prompt(
+    unit: str, layer: str, target: str, target_description: str, threshold_note: str
+) -> str:
     return (
         f"Investigate unit {unit} of layer {layer} in the model {target} ({target_description}). "
         f"Masks in this session use the {threshold_note}. "
@@ -105,7 +107,8 @@ def task_prompt(unit: str, layer: str, target: str, target_description: str, thr
 
 CORRECTION = (
     "Your reply had neither a ```python code block nor a final answer. Either run an experiment "
-    "by writing code in a ```python block, or, if you are done, answer exactly in this form:\n" + FINAL_FORMAT
+    "by writing code in a ```python block, or, if you are done, answer exactly in this form:\n"
+    + FINAL_FORMAT
 )
 
 

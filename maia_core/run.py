@@ -64,8 +64,14 @@ class RunInfo:
 
 def selection(config: RunConfig) -> unitspec.Selection:
     if bool(config.units) == bool(config.unit_file):
-        raise UserError("Give the units to study with exactly one of --units LAYER=UNITS or --unit-file FILE.")
-    return unitspec.parse_unit_spec(config.units) if config.units else unitspec.read_unit_file(config.unit_file)
+        raise UserError(
+            "Give the units to study with exactly one of --units LAYER=UNITS or --unit-file FILE."
+        )
+    return (
+        unitspec.parse_unit_spec(config.units)
+        if config.units
+        else unitspec.read_unit_file(config.unit_file)
+    )
 
 
 def make_backbone(spec: str, options: dict[str, str] | None = None) -> Backbone:
@@ -77,7 +83,11 @@ def make_backbone(spec: str, options: dict[str, str] | None = None) -> Backbone:
 
 def make_reporters(names: list[str] | None, results: Path) -> Reporters:
     registry = plugins.registry("reporters")
-    chosen = list(names) if names is not None else [n for n in DEFAULT_REPORTERS if n in registry.entries]
+    chosen = (
+        list(names)
+        if names is not None
+        else [n for n in DEFAULT_REPORTERS if n in registry.entries]
+    )
     return Reporters([registry.resolve(n)[0].factory(results) for n in chosen])
 
 
@@ -136,7 +146,9 @@ def run(config: RunConfig, reporter: Reporter | None = None) -> list[Investigati
         reporters.run_started(info)
         loop = Loop(backbone, sandbox, reporters, max_rounds=config.max_rounds)
         for unit in selected:
-            inv = Investigation(unit, config.target, backbone.name, unit_dir(results, backbone, config.target, unit))
+            inv = Investigation(
+                unit, config.target, backbone.name, unit_dir(results, backbone, config.target, unit)
+            )
             investigations.append(inv)
             if not config.force and completed(inv.out_dir):
                 reporters.unit_skipped(inv)

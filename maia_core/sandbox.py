@@ -38,7 +38,13 @@ DEFAULT_CELL_TIMEOUT = 120.0
 INTERRUPT_GRACE = 3.0
 _POLL = 0.02
 
-SECRET_NAMES = {"ANTHROPIC_API_KEY", "OPENAI_API_KEY", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HUGGINGFACEHUB_API_TOKEN"}
+SECRET_NAMES = {
+    "ANTHROPIC_API_KEY",
+    "OPENAI_API_KEY",
+    "HF_TOKEN",
+    "HUGGING_FACE_HUB_TOKEN",
+    "HUGGINGFACEHUB_API_TOKEN",
+}
 SECRET_SUFFIXES = ("_KEY", "_TOKEN", "_SECRET", "_SECRETS", "_PASSWORD", "_CREDENTIALS")
 
 AskBackbone = Callable[[list[Message]], str]
@@ -60,12 +66,16 @@ def parse_memory(text: str | None) -> int | None:
         return None
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(%|[kmgt]i?b?|b)?\s*", text.lower())
     if not m:
-        raise UserError(f"Malformed --memory-limit {text!r}. Use a size such as 8G or 512M, a share such as 75%, or none.")
+        raise UserError(
+            f"Malformed --memory-limit {text!r}. Use a size such as 8G or 512M, a share such as 75%, or none."
+        )
     value, unit = float(m.group(1)), (m.group(2) or "b")
     if unit == "%":
         total = physical_memory()
         if total is None:
-            raise UserError("--memory-limit as a percentage needs /proc/meminfo or psutil; give a size such as 8G.")
+            raise UserError(
+                "--memory-limit as a percentage needs /proc/meminfo or psutil; give a size such as 8G."
+            )
         return int(total * value / 100)
     scale = {"b": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}[unit[0]]
     return int(value * scale)
@@ -120,7 +130,9 @@ def _protect_own_environment() -> None:
 
 class Sandbox(Protocol):
     def start(self) -> None: ...
-    def layer_infos(self, names: list[str] | None = None, all: bool = False) -> dict[str, LayerInfo]: ...
+    def layer_infos(
+        self, names: list[str] | None = None, all: bool = False
+    ) -> dict[str, LayerInfo]: ...
     def begin(self, unit: Unit) -> UnitSetup: ...
     def run_cell(self, code: str) -> CellResult: ...
     def close(self) -> None: ...
@@ -129,7 +141,14 @@ class Sandbox(Protocol):
 class InProcessSandbox:
     """Runs agent code in this process (``--sandbox none``)."""
 
-    def __init__(self, spec: WorldSpec, *, ask_backbone: AskBackbone, cell_timeout: float | None = DEFAULT_CELL_TIMEOUT, **_: Any):
+    def __init__(
+        self,
+        spec: WorldSpec,
+        *,
+        ask_backbone: AskBackbone,
+        cell_timeout: float | None = DEFAULT_CELL_TIMEOUT,
+        **_: Any,
+    ):
         self.spec = spec
         self.ask_backbone = ask_backbone
         self.cell_timeout = cell_timeout
@@ -140,7 +159,9 @@ class InProcessSandbox:
             self.world = load_world(self.spec, self.ask_backbone)
             self.world.cell_timeout = self.cell_timeout
 
-    def layer_infos(self, names: list[str] | None = None, all: bool = False) -> dict[str, LayerInfo]:
+    def layer_infos(
+        self, names: list[str] | None = None, all: bool = False
+    ) -> dict[str, LayerInfo]:
         self.start()
         return self.world.layer_infos(names, all)
 
@@ -215,7 +236,9 @@ class ProcessSandbox:
             self._expect("ready")
         except _WorkerGone as exc:
             self._reap()
-            raise RuntimeError(f"the sandbox worker failed to start: {exc}{self._log_hint()}") from None
+            raise RuntimeError(
+                f"the sandbox worker failed to start: {exc}{self._log_hint()}"
+            ) from None
 
     def _log_hint(self) -> str:
         return f" (see {self.log_path})" if self.log_path else ""
@@ -289,9 +312,7 @@ class ProcessSandbox:
                     self.proc.send_signal(signal.SIGINT)
                     deadline = time.monotonic() + INTERRUPT_GRACE
                 else:
-                    self._kill_reason = (
-                        f"the cell ran past its {self.cell_timeout:g} s limit and did not stop when interrupted"
-                    )
+                    self._kill_reason = f"the cell ran past its {self.cell_timeout:g} s limit and did not stop when interrupted"
                     self._kill()
 
     def _answer_backbone(self, messages: list[Message]) -> None:
@@ -311,7 +332,9 @@ class ProcessSandbox:
             raise RuntimeError(f"the sandbox worker died: {exc}{self._log_hint()}") from None
 
     # -- the sandbox interface -------------------------------------------------------------
-    def layer_infos(self, names: list[str] | None = None, all: bool = False) -> dict[str, LayerInfo]:
+    def layer_infos(
+        self, names: list[str] | None = None, all: bool = False
+    ) -> dict[str, LayerInfo]:
         return self._call("layers", list(names or []), all)
 
     def begin(self, unit: Unit) -> UnitSetup:
@@ -333,7 +356,9 @@ class ProcessSandbox:
         if self.unit is not None:
             self._call("begin", self.unit)
         text = f"SandboxError: {reason}. The cell was stopped."
-        return CellResult([TextPart(text, "error")], text, time.monotonic() - started, restarted=reason)
+        return CellResult(
+            [TextPart(text, "error")], text, time.monotonic() - started, restarted=reason
+        )
 
     def close(self) -> None:
         if self.proc is None:
@@ -351,7 +376,9 @@ def make_sandbox(kind: str, spec: WorldSpec, **kwargs: Any) -> Sandbox:
         return ProcessSandbox(spec, **kwargs)
     if kind == "none":
         return InProcessSandbox(spec, **kwargs)
-    raise UserError(f"Unknown --sandbox {kind!r}. Use process (isolated worker) or none (in this process).")
+    raise UserError(
+        f"Unknown --sandbox {kind!r}. Use process (isolated worker) or none (in this process)."
+    )
 
 
 def restart_message(result: CellResult) -> str | None:

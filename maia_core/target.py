@@ -32,7 +32,9 @@ class Target(ABC):
         info = self.layer(name)
         if info is None:
             listed = ", ".join(i.name for i in self.layers())
-            raise UserError(f"Unknown layer {name!r} for target {self.name}. Valid layers: {listed}.")
+            raise UserError(
+                f"Unknown layer {name!r} for target {self.name}. Valid layers: {listed}."
+            )
         return info
 
     @abstractmethod

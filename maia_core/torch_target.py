@@ -86,7 +86,9 @@ def resolve_device(device: str | None) -> torch.device:
     except RuntimeError:
         raise UserError(f"Unknown --device {device!r}. Use auto, cpu, cuda or cuda:N.") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {device} asks for CUDA, but torch sees no GPU here. Use --device cpu.")
+        raise UserError(
+            f"--device {device} asks for CUDA, but torch sees no GPU here. Use --device cpu."
+        )
     return dev
 
 
@@ -135,7 +137,9 @@ class TorchTarget(Target):
         mask_quantile: float = 0.9,
     ):
         if precision not in PRECISIONS:
-            raise UserError(f"Unknown --precision {precision!r}. Use one of: {', '.join(PRECISIONS)}.")
+            raise UserError(
+                f"Unknown --precision {precision!r}. Use one of: {', '.join(PRECISIONS)}."
+            )
         if not 0.0 < mask_quantile < 1.0:
             raise UserError(f"mask_quantile must be between 0 and 1, not {mask_quantile}.")
         self.name = name
@@ -206,7 +210,10 @@ class TorchTarget(Target):
         return self._probe().get(name)
 
     def describe(self) -> str:
-        return self._description or f"{self.name} ({self.preprocess.size[1]}x{self.preprocess.size[0]} input)"
+        return (
+            self._description
+            or f"{self.name} ({self.preprocess.size[1]}x{self.preprocess.size[0]} input)"
+        )
 
     # -- activations ----------------------------------------------------------------------
     def _autocast(self) -> contextlib.AbstractContextManager:
@@ -218,7 +225,9 @@ class TorchTarget(Target):
         """A layer's output as [B, C, h, w] maps or [B, C] vectors, in float32."""
         t = as_map(output)
         if t is None or t.ndim not in (2, 4):
-            raise UserError(f"Layer {name!r} of {self.name} does not output a [B,C,h,w] or [B,C] tensor.")
+            raise UserError(
+                f"Layer {name!r} of {self.name} does not output a [B,C,h,w] or [B,C] tensor."
+            )
         return t.detach().float()
 
     @torch.inference_mode()
@@ -254,16 +263,22 @@ class TorchTarget(Target):
                 h.remove()
         missing = [n for n in wanted if n not in captured]
         if missing:
-            raise UserError(f"Layer(s) {', '.join(missing)} of {self.name} never ran in the forward pass.")
+            raise UserError(
+                f"Layer(s) {', '.join(missing)} of {self.name} never ran in the forward pass."
+            )
         return captured
 
-    def batches(self, images: Sequence[Image.Image]) -> Iterator[tuple[list[Image.Image], torch.Tensor]]:
+    def batches(
+        self, images: Sequence[Image.Image]
+    ) -> Iterator[tuple[list[Image.Image], torch.Tensor]]:
         """Views and normalized tensors, ``batch_size`` images at a time."""
         for start in range(0, len(images), self.batch_size):
             views = [self.preprocess.view(img) for img in images[start : start + self.batch_size]]
             yield views, self.preprocess.to_tensor(views)
 
-    def unit_maps(self, images: Sequence[Image.Image], unit: Unit) -> tuple[list[Image.Image], torch.Tensor]:
+    def unit_maps(
+        self, images: Sequence[Image.Image], unit: Unit
+    ) -> tuple[list[Image.Image], torch.Tensor]:
         """The views of ``images`` and the unit's maps over them: [B, h, w], or [B] for vectors."""
         views: list[Image.Image] = []
         maps = []
@@ -276,7 +291,9 @@ class TorchTarget(Target):
     def system(self, unit: Unit, *, threshold: float | None = None) -> NeuronSystem:
         info = self.require_layer(unit.layer)
         if not 0 <= unit.index < info.units:
-            raise UserError(f"Unit {unit.index} is out of range for layer {unit.layer!r}, which has {info.units} units.")
+            raise UserError(
+                f"Unit {unit.index} is out of range for layer {unit.layer!r}, which has {info.units} units."
+            )
         return NeuronSystem(self, unit, threshold)
 
     def close(self) -> None:
@@ -287,10 +304,14 @@ class TorchTarget(Target):
 
 def upsample(unit_map: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Bilinear upsampling of one [h, w] map to ``size`` (h, w)."""
-    return F.interpolate(unit_map[None, None].float(), size=size, mode="bilinear", align_corners=False)[0, 0]
+    return F.interpolate(
+        unit_map[None, None].float(), size=size, mode="bilinear", align_corners=False
+    )[0, 0]
 
 
-def mask_image(view: Image.Image, unit_map: torch.Tensor, threshold: float | None, quantile: float) -> Image.Image:
+def mask_image(
+    view: Image.Image, unit_map: torch.Tensor, threshold: float | None, quantile: float
+) -> Image.Image:
     """MAIA's masked image: the map upsampled to the view, thresholded, the rest dimmed."""
     if unit_map.ndim == 0:  # a vector unit has no spatial map: nothing to mask
         return view.copy()
@@ -335,11 +356,11 @@ class NeuronSystem:
         """
         pil = to_pil_list(images)
         views, maps = self._target.unit_maps(pil, self.unit)
-        if maps.ndim == 1:
-            acts = maps
-        else:
-            acts = maps.flatten(1).amax(dim=1)
-        masked = [mask_image(v, m, self.threshold, self._target.mask_quantile) for v, m in zip(views, maps)]
+        acts = maps if maps.ndim == 1 else maps.flatten(1).amax(dim=1)
+        masked = [
+            mask_image(v, m, self.threshold, self._target.mask_quantile)
+            for v, m in zip(views, maps)
+        ]
         return [float(a) for a in acts], masked
 
     def __repr__(self) -> str:

@@ -57,7 +57,7 @@ class ImagePart:
         return d
 
 
-Part = Union[TextPart, ImagePart]
+Part = Union[TextPart, ImagePart]  # noqa: UP007 - a runtime alias, kept readable on 3.10
 
 
 def part_from_json(d: dict[str, Any]) -> Part:
@@ -105,7 +105,9 @@ class Message:
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Message:
-        return cls(d["role"], [part_from_json(p) for p in d.get("parts", [])], dict(d.get("meta") or {}))
+        return cls(
+            d["role"], [part_from_json(p) for p in d.get("parts", [])], dict(d.get("meta") or {})
+        )
 
 
 def transcript_to_json(messages: list[Message], **meta: Any) -> dict[str, Any]:

@@ -63,11 +63,15 @@ def parse_unit_spec(spec: str) -> Selection:
         for item in units.split(","):
             m = _INDEX.match(item)
             if not m:
-                raise UserError(f"Malformed unit spec {spec!r}: {item.strip()!r} is not a unit index or range. Expected {SPEC_FORM}.")
+                raise UserError(
+                    f"Malformed unit spec {spec!r}: {item.strip()!r} is not a unit index or range. Expected {SPEC_FORM}."
+                )
             lo = int(m.group(1))
             hi = int(m.group(2)) if m.group(2) is not None else lo
             if hi < lo:
-                raise UserError(f"Malformed unit spec {spec!r}: range {item.strip()!r} runs backwards.")
+                raise UserError(
+                    f"Malformed unit spec {spec!r}: range {item.strip()!r} runs backwards."
+                )
             indices.extend(range(lo, hi + 1))
         selection[layer] = list(dict.fromkeys(indices))
     return selection
@@ -83,12 +87,16 @@ def read_unit_file(path: str | Path) -> Selection:
     except (OSError, UnicodeDecodeError) as exc:
         raise UserError(f"Cannot read unit file {str(path)!r}: {exc}.") from None
     except json.JSONDecodeError as exc:
-        raise UserError(f"Unit file {str(path)!r} is not valid JSON ({exc}); expected {{\"layer\": [units]}}.") from None
+        raise UserError(
+            f'Unit file {str(path)!r} is not valid JSON ({exc}); expected {{"layer": [units]}}.'
+        ) from None
     if not isinstance(obj, dict) or not all(
         isinstance(k, str) and isinstance(v, list) and all(isinstance(i, int) and i >= 0 for i in v)
         for k, v in obj.items()
     ):
-        raise UserError(f"Unit file {str(path)!r} must map layer names to lists of unit indices, like {{\"layer4\": [122, 210]}}.")
+        raise UserError(
+            f'Unit file {str(path)!r} must map layer names to lists of unit indices, like {{"layer4": [122, 210]}}.'
+        )
     return {k: list(dict.fromkeys(v)) for k, v in obj.items()}
 
 
@@ -98,7 +106,9 @@ def expand(selection: Selection, layers: dict[str, LayerInfo], target: str) -> l
     for name, indices in selection.items():
         info = layers.get(name)
         if info is None:
-            raise UserError(f"Unknown layer {name!r} for target {target}. Valid layers: {', '.join(layers)}.")
+            raise UserError(
+                f"Unknown layer {name!r} for target {target}. Valid layers: {', '.join(layers)}."
+            )
         if indices is None:
             indices = list(range(info.units))
         for i in indices:
@@ -123,7 +133,9 @@ def sample(units: list[Unit], n: int, seed: int = 0) -> list[Unit]:
 def parse_chunk(text: str) -> tuple[int, int]:
     m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text or "")
     if not m or int(m.group(2)) < 1 or int(m.group(1)) >= int(m.group(2)):
-        raise UserError(f"Malformed --chunk {text!r}. Expected I/N with 0 <= I < N, e.g. 0/4 for the first of four chunks.")
+        raise UserError(
+            f"Malformed --chunk {text!r}. Expected I/N with 0 <= I < N, e.g. 0/4 for the first of four chunks."
+        )
     return int(m.group(1)), int(m.group(2))
 
 

@@ -115,16 +115,25 @@ class _Collector:
             self._images += 1
             self.parts.append(part)
         else:
-            self.text(part.text if part.text.endswith("\n") else part.text + "\n", part.source or "display")
+            self.text(
+                part.text if part.text.endswith("\n") else part.text + "\n",
+                part.source or "display",
+            )
 
     def finish(self) -> list[Part]:
         notes = []
         if self._dropped_chars:
-            notes.append(f"{self._dropped_chars} more characters of output were cut (limit {MAX_OUTPUT_CHARS})")
+            notes.append(
+                f"{self._dropped_chars} more characters of output were cut (limit {MAX_OUTPUT_CHARS})"
+            )
         if self._dropped_images:
-            notes.append(f"{self._dropped_images} more images were not shown (limit {MAX_IMAGES} per cell)")
+            notes.append(
+                f"{self._dropped_images} more images were not shown (limit {MAX_IMAGES} per cell)"
+            )
         if notes:
-            self.parts.append(TextPart("[" + "; ".join(notes) + ". Print and display less at once.]\n", "note"))
+            self.parts.append(
+                TextPart("[" + "; ".join(notes) + ". Print and display less at once.]\n", "note")
+            )
         return self.parts
 
 
@@ -146,7 +155,10 @@ class World:
             None if spec.tools is None else [f"{cap}={impl}" for cap, impl in spec.tools.items()]
         )
         self.tools = Tools(
-            {cap: e.factory(self.ctx, **spec.tool_options.get(cap, {})) for cap, e in chosen.items()}
+            {
+                cap: e.factory(self.ctx, **spec.tool_options.get(cap, {}))
+                for cap, e in chosen.items()
+            }
         )
         self.namespace: dict[str, Any] = {}
         self.unit: Unit | None = None
@@ -155,7 +167,9 @@ class World:
         self.cell_timeout: float | None = None
 
     # -- layers ---------------------------------------------------------------------------
-    def layer_infos(self, names: list[str] | None = None, all: bool = False) -> dict[str, LayerInfo]:
+    def layer_infos(
+        self, names: list[str] | None = None, all: bool = False
+    ) -> dict[str, LayerInfo]:
         """The listed layers (or every one, with ``all``), plus any other ``names`` that exist."""
         infos = {i.name: i for i in self.target.layers(all=all)}
         for name in names or ():
@@ -182,7 +196,13 @@ class World:
 
         system = self.target.system(unit, threshold=self.threshold(unit))
         self.unit = unit
-        self.namespace = {"__name__": "__maia__", "system": system, "tools": self.tools, "np": np, "Image": Image}
+        self.namespace = {
+            "__name__": "__maia__",
+            "system": system,
+            "tools": self.tools,
+            "np": np,
+            "Image": Image,
+        }
         self._cell = 0
         return UnitSetup(
             api=prompts.api_text(system, self.tools),
@@ -215,7 +235,10 @@ class World:
             previous = signal.signal(signal.SIGALRM, _raise_timeout)
             signal.setitimer(signal.ITIMER_REAL, timeout)
         try:
-            with redirect_stdout(_Output(collector, "stdout")), redirect_stderr(_Output(collector, "stderr")):
+            with (
+                redirect_stdout(_Output(collector, "stdout")),
+                redirect_stderr(_Output(collector, "stderr")),
+            ):
                 self._exec(code, filename, collector)
         except CellTimeout:
             error = f"TimeoutError: the cell ran longer than its {timeout:g} s limit and was stopped. Variables are kept."
@@ -241,7 +264,9 @@ class World:
             # Like a notebook: the value of a final bare expression is shown.
             value = eval(compile(ast.Expression(last.value), filename, "eval"), self.namespace)
             if value is not None:
-                self.ctx.display(value) if _is_image(value) else collector.text(repr(value) + "\n", "stdout")
+                self.ctx.display(value) if _is_image(value) else collector.text(
+                    repr(value) + "\n", "stdout"
+                )
 
     def close(self) -> None:
         self.target.close()

@@ -26,7 +26,11 @@ from maia_core.transcript import Message
 
 @hookimpl
 def register_backbones(register):
-    register("replay", make_replay, help="Play back a recorded transcript: replay:PATH (history.json, JSON list of strings, or a results folder)")
+    register(
+        "replay",
+        make_replay,
+        help="Play back a recorded transcript: replay:PATH (history.json, JSON list of strings, or a results folder)",
+    )
 
 
 def make_replay(arg: str | None, **options: str) -> ReplayBackbone:
@@ -41,7 +45,9 @@ def assistant_turns(obj: Any, source: str) -> list[str]:
     if isinstance(obj, dict) and "messages" in obj:
         obj = obj["messages"]
     if not isinstance(obj, list):
-        raise UserError(f"Replay file {source} must hold a maia history.json or a JSON list of strings.")
+        raise UserError(
+            f"Replay file {source} must hold a maia history.json or a JSON list of strings."
+        )
     turns = []
     for item in obj:
         if isinstance(item, str):
@@ -51,7 +57,13 @@ def assistant_turns(obj: Any, source: str) -> list[str]:
             if isinstance(content, str):
                 turns.append(content)
             else:  # maia parts, or OpenAI-style content blocks as in MAIA's history.json
-                turns.append("\n".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text"))
+                turns.append(
+                    "\n".join(
+                        p.get("text", "")
+                        for p in content
+                        if isinstance(p, dict) and p.get("type") == "text"
+                    )
+                )
     if not turns:
         raise UserError(f"Replay file {source} holds no assistant turns.")
     return turns
@@ -85,14 +97,18 @@ class ReplayBackbone(Backbone):
             return self._cache[self.path], self.path
         task = next((m for m in messages if m.meta.get("kind") == "task"), None)
         if task is None or "layer" not in task.meta:
-            raise BackboneError(f"replay from the folder {self.path} needs a task message naming the unit")
+            raise BackboneError(
+                f"replay from the folder {self.path} needs a task message naming the unit"
+            )
         candidates = [
             self.path / layer / str(task.meta["unit"]) / "history.json"
             for layer in (task.meta["layer"], slug(task.meta["layer"]))
         ]
         found = next((c for c in candidates if c.is_file()), None)
         if found is None:
-            raise BackboneError(f"no recorded transcript for this unit: {candidates[-1]} does not exist")
+            raise BackboneError(
+                f"no recorded transcript for this unit: {candidates[-1]} does not exist"
+            )
         if found not in self._cache:
             self._cache[found] = _load(found)
         return self._cache[found], found
@@ -101,5 +117,7 @@ class ReplayBackbone(Backbone):
         turns, source = self._turns_for(messages)
         n = sum(1 for m in messages if m.role == "assistant")
         if n >= len(turns):
-            raise BackboneError(f"the recorded transcript {source} has no assistant turn {n + 1} (it has {len(turns)})")
+            raise BackboneError(
+                f"the recorded transcript {source} has no assistant turn {n + 1} (it has {len(turns)})"
+            )
         return Reply(turns[n], model="replay")

@@ -41,8 +41,13 @@ class ConsoleReporter(Reporter):
             f"[bold]maia[/]: {len(run.units)} unit(s) of [cyan]{run.target}[/] with [cyan]{run.backbone}[/] -> {self.results}"
         )
         self.progress = Progress(
-            SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            console=self.console, transient=True,
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=self.console,
+            transient=True,
         )
         self.progress.start()
         self.task = self.progress.add_task("starting", total=len(run.units))
@@ -57,11 +62,15 @@ class ConsoleReporter(Reporter):
 
     def message_added(self, inv: Investigation, message: Message) -> None:
         if self.progress and message.role == "assistant":
-            self.progress.update(self.task, description=self._describe(inv, message.meta.get("round")))
+            self.progress.update(
+                self.task, description=self._describe(inv, message.meta.get("round"))
+            )
 
     def unit_skipped(self, inv: Investigation) -> None:
         self.skipped.add(id(inv))
-        self.console.print(f"[dim]- {self._describe(inv)} already completed; skipped (use --force to redo)[/]")
+        self.console.print(
+            f"[dim]- {self._describe(inv)} already completed; skipped (use --force to redo)[/]"
+        )
         if self.progress:
             self.progress.advance(self.task)
 
@@ -85,7 +94,9 @@ class ConsoleReporter(Reporter):
         rows = []
         for inv in investigations:
             if id(inv) in self.skipped or inv.result is None:
-                rows.append([f"{inv.unit.layer}={inv.unit.index}", "[dim]skipped[/]", "", "", "", "", ""])
+                rows.append(
+                    [f"{inv.unit.layer}={inv.unit.index}", "[dim]skipped[/]", "", "", "", "", ""]
+                )
                 continue
             r = inv.result
             totals["rounds"] += r.rounds
@@ -94,18 +105,25 @@ class ConsoleReporter(Reporter):
             if r.usage.cost_usd is not None:
                 totals["cost"] += r.usage.cost_usd
                 totals["known_cost"] = True
-            rows.append([
-                f"{inv.unit.layer}={inv.unit.index}",
-                f"[{STYLE.get(r.status, 'white')}]{r.status}[/]",
-                str(r.rounds),
-                f"{r.usage.input_tokens:,}",
-                f"{r.usage.output_tokens:,}",
-                "n/a" if r.usage.cost_usd is None else f"{r.usage.cost_usd:.4f}",
-                r.label or "",
-            ])
+            rows.append(
+                [
+                    f"{inv.unit.layer}={inv.unit.index}",
+                    f"[{STYLE.get(r.status, 'white')}]{r.status}[/]",
+                    str(r.rounds),
+                    f"{r.usage.input_tokens:,}",
+                    f"{r.usage.output_tokens:,}",
+                    "n/a" if r.usage.cost_usd is None else f"{r.usage.cost_usd:.4f}",
+                    r.label or "",
+                ]
+            )
         footers = [
-            "total", "", str(totals["rounds"]), f"{totals['in']:,}", f"{totals['out']:,}",
-            f"{totals['cost']:.4f}" if totals["known_cost"] else "n/a", "",
+            "total",
+            "",
+            str(totals["rounds"]),
+            f"{totals['in']:,}",
+            f"{totals['out']:,}",
+            f"{totals['cost']:.4f}" if totals["known_cost"] else "n/a",
+            "",
         ]
         for col, foot in zip(cols, footers):
             table.add_column(col, footer=foot)

@@ -68,14 +68,16 @@ a { color: var(--accent); }
 
 @hookimpl
 def register_reporters(register):
-    register("html", HtmlReporter, help="report.html per unit and results/index.html, self-contained")
+    register(
+        "html", HtmlReporter, help="report.html per unit and results/index.html, self-contained"
+    )
 
 
 def _page(title: str, body: str) -> str:
     return (
-        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-        f"<meta http-equiv=\"Content-Security-Policy\" content=\"{CSP}\">"
-        "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
+        '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
+        f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>{html.escape(title)}</title><style>{CSS}{_FORMATTER.get_style_defs('.hl')}</style></head>"
         f"<body>{body}</body></html>\n"
     )
@@ -86,7 +88,7 @@ def render_text(text: str) -> str:
     out, pos = [], 0
     for m in _FENCE.finditer(text):
         if text[pos : m.start()].strip():
-            out.append(f'<div class="prose">{html.escape(text[pos:m.start()].strip())}</div>')
+            out.append(f'<div class="prose">{html.escape(text[pos : m.start()].strip())}</div>')
         lang, code = m.group(1).lower(), m.group(2)
         if lang in ("python", "py", "python3"):
             out.append(highlight(code, PythonLexer(), _FORMATTER))
@@ -115,10 +117,17 @@ def render_parts(parts: list[Any]) -> str:
         if isinstance(part, ImagePart):
             caption = ""
             nxt = parts[i + 1] if i + 1 < len(parts) else None
-            if isinstance(nxt, TextPart) and nxt.source == "display" and len(nxt.text.strip().splitlines()) == 1 and len(nxt.text) < 160:
+            if (
+                isinstance(nxt, TextPart)
+                and nxt.source == "display"
+                and len(nxt.text.strip().splitlines()) == 1
+                and len(nxt.text) < 160
+            ):
                 caption = f"<figcaption>{html.escape(nxt.text.strip())}</figcaption>"
                 i += 1
-            figures.append(f'<figure><img alt="image" src="{data_uri(part.data, part.media_type)}">{caption}</figure>')
+            figures.append(
+                f'<figure><img alt="image" src="{data_uri(part.data, part.media_type)}">{caption}</figure>'
+            )
         elif isinstance(part, TextPart) and part.text.strip():
             flush()
             cls = part.source if part.source in ("error", "note") else "out"
@@ -135,7 +144,12 @@ def render_message(message: Message) -> str:
     if message.role == "assistant":
         who = f"Agent, round {message.meta['round']}" if "round" in message.meta else "Agent"
         return f'<section class="msg assistant"><div class="who">{html.escape(who)}</div>{render_text(message.text)}</section>'
-    who = {"task": "Task", "result": "Execution result", "correction": "maia", "final_request": "maia"}.get(kind, "User")
+    who = {
+        "task": "Task",
+        "result": "Execution result",
+        "correction": "maia",
+        "final_request": "maia",
+    }.get(kind, "User")
     return f'<section class="msg user"><div class="who">{who}</div>{render_parts(message.parts)}</section>'
 
 
@@ -148,7 +162,10 @@ def render_report(inv: Investigation) -> str:
     usage = r["usage"]
     status = html.escape(r["status"])
     rows = [
-        ("Target", f"{html.escape(inv.target)} <span style=\"color:var(--muted)\">{html.escape(inv.target_description)}</span>"),
+        (
+            "Target",
+            f'{html.escape(inv.target)} <span style="color:var(--muted)">{html.escape(inv.target_description)}</span>',
+        ),
         ("Backbone", html.escape(inv.backbone)),
         ("Status", f'<span class="badge {status}">{status}</span>'),
         ("Rounds", str(r["rounds"])),
@@ -193,7 +210,12 @@ def _thumbnail(part: ImagePart) -> bytes:
 
 
 def _sort_key(row: dict[str, Any]) -> tuple:
-    return (str(row.get("backbone")), str(row.get("target")), str(row.get("layer")), int(row.get("unit") or 0))
+    return (
+        str(row.get("backbone")),
+        str(row.get("target")),
+        str(row.get("layer")),
+        int(row.get("unit") or 0),
+    )
 
 
 def render_index(results: Path) -> str:
@@ -210,19 +232,26 @@ def render_index(results: Path) -> str:
     for row in rows:
         d: Path = row["_dir"]
         thumb = d / "thumb.jpg"
-        img = f'<img alt="" src="{data_uri(thumb.read_bytes(), "image/jpeg")}">' if thumb.is_file() else ""
+        img = (
+            f'<img alt="" src="{data_uri(thumb.read_bytes(), "image/jpeg")}">'
+            if thumb.is_file()
+            else ""
+        )
         link = "/".join(quote(p) for p in (d / "report.html").relative_to(results).parts)
         status = html.escape(str(row.get("status")))
         cost = (row.get("usage") or {}).get("cost_usd")
         body_rows.append(
             "<tr>"
             f"<td>{img}</td><td>{html.escape(str(row.get('backbone')))}</td><td>{html.escape(str(row.get('target')))}</td>"
-            f"<td>{html.escape(str(row.get('layer')))}</td><td><a href=\"{link}\">{html.escape(str(row.get('unit')))}</a></td>"
+            f'<td>{html.escape(str(row.get("layer")))}</td><td><a href="{link}">{html.escape(str(row.get("unit")))}</a></td>'
             f'<td><span class="badge {status}">{status}</span></td><td>{html.escape(str(row.get("label") or ""))}</td>'
             f"<td>{row.get('rounds', '')}</td><td>{_fmt_cost(cost)}</td>"
             "</tr>"
         )
-    head = "".join(f"<th>{h}</th>" for h in ("", "Backbone", "Target", "Layer", "Unit", "Status", "Label", "Rounds", "Cost"))
+    head = "".join(
+        f"<th>{h}</th>"
+        for h in ("", "Backbone", "Target", "Layer", "Unit", "Status", "Label", "Rounds", "Cost")
+    )
     body = (
         f'<header><div class="inner"><h1>maia results</h1><p>{len(rows)} units</p></div></header>'
         f'<main><table class="index"><thead><tr>{head}</tr></thead><tbody>{"".join(body_rows)}</tbody></table></main>'

@@ -17,7 +17,11 @@ from maia_core.transcript import Message, transcript_to_json
 
 @hookimpl
 def register_reporters(register):
-    register("json", JsonReporter, help="history.json, result.json, description.txt and label.txt per unit")
+    register(
+        "json",
+        JsonReporter,
+        help="history.json, result.json, description.txt and label.txt per unit",
+    )
 
 
 class JsonReporter(Reporter):
@@ -27,7 +31,13 @@ class JsonReporter(Reporter):
     def _history(self, inv: Investigation) -> None:
         atomic_write_json(
             inv.out_dir / "history.json",
-            transcript_to_json(inv.messages, target=inv.target, layer=inv.unit.layer, unit=inv.unit.index, backbone=inv.backbone),
+            transcript_to_json(
+                inv.messages,
+                target=inv.target,
+                layer=inv.unit.layer,
+                unit=inv.unit.index,
+                backbone=inv.backbone,
+            ),
             indent=None,
         )
 
@@ -41,4 +51,6 @@ class JsonReporter(Reporter):
             atomic_write_text(inv.out_dir / "description.txt", result.description + "\n")
             atomic_write_text(inv.out_dir / "label.txt", result.label + "\n")
         # result.json last: its "completed" status is what a re-run checks to skip the unit.
-        atomic_write_json(inv.out_dir / "result.json", {**inv.to_json(), "maia_version": __version__})
+        atomic_write_json(
+            inv.out_dir / "result.json", {**inv.to_json(), "maia_version": __version__}
+        )

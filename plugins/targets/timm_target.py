@@ -18,12 +18,18 @@ OPTIONS = ("pretrained", "checkpoint", *TARGET_TUNING)
 
 @hookimpl
 def register_targets(register):
-    register("timm", make_timm_target, help="Any timm model: timm:<model_name> (e.g. timm:resnet50)")
+    register(
+        "timm", make_timm_target, help="Any timm model: timm:<model_name> (e.g. timm:resnet50)"
+    )
 
 
-def make_timm_target(arg: str | None, *, device: str = "auto", precision: str = "fp32", **options: str):
+def make_timm_target(
+    arg: str | None, *, device: str = "auto", precision: str = "fp32", **options: str
+):
     if not arg:
-        raise UserError("The timm target needs a model name: --target timm:<model_name>, e.g. timm:resnet50.")
+        raise UserError(
+            "The timm target needs a model name: --target timm:<model_name>, e.g. timm:resnet50."
+        )
     reject_unknown(options, f"Target timm:{arg}", OPTIONS)
     import timm
     from timm.data import resolve_data_config
@@ -52,7 +58,9 @@ def make_timm_target(arg: str | None, *, device: str = "auto", precision: str = 
         except FileNotFoundError:
             raise UserError(f"Checkpoint {checkpoint!r} does not exist.") from None
         except RuntimeError as exc:
-            raise UserError(f"Checkpoint {checkpoint!r} does not fit timm:{arg}: {str(exc).splitlines()[0]}") from None
+            raise UserError(
+                f"Checkpoint {checkpoint!r} does not fit timm:{arg}: {str(exc).splitlines()[0]}"
+            ) from None
     cfg = resolve_data_config({}, model=model)
     preprocess = Preprocess(
         size=tuple(cfg["input_size"][1:]),
@@ -61,7 +69,11 @@ def make_timm_target(arg: str | None, *, device: str = "auto", precision: str = 
         mean=tuple(cfg["mean"]),
         std=tuple(cfg["std"]),
     )
-    weights = "random weights" if not pretrained and not checkpoint else ("weights from " + checkpoint if checkpoint else "pretrained weights")
+    weights = (
+        "random weights"
+        if not pretrained and not checkpoint
+        else ("weights from " + checkpoint if checkpoint else "pretrained weights")
+    )
     return TorchTarget(
         f"timm:{arg}",
         model,
