@@ -1,0 +1,74 @@
+"""Shared fixtures. Tests run offline, on the CPU; nothing here reaches the network."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+# Belt and braces: hub libraries must never try the network in tests.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+MAIA = str(Path(sys.executable).parent / "maia")
+
+
+def maia(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run the installed ``maia`` command as a user would."""
+    full_env = {**os.environ, "COLUMNS": "200", **(env or {})}
+    return subprocess.run([MAIA, *args], capture_output=True, text=True, env=full_env, cwd=cwd, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def thirdparty(tmp_path_factory) -> Path:
+    """The toynet-maia distribution, installed with pip into a temporary folder.
+
+    Returns the folder; put it on PYTHONPATH to make the plugin visible.
+    """
+    target = tmp_path_factory.mktemp("site")
+    src = tmp_path_factory.mktemp("src") / "toynet"
+    shutil.copytree(ROOT / "tests" / "thirdparty", src)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "--no-index", "--target", str(target), str(src)],
+        check=True,
+        capture_output=True,
+    )
+    return target
+
+
+@pytest.fixture(scope="session")
+def thirdparty_env(thirdparty) -> dict[str, str]:
+    return {"PYTHONPATH": os.pathsep.join(filter(None, [str(thirdparty), os.environ.get("PYTHONPATH")]))}
+
+
+@pytest.fixture
+def with_thirdparty(thirdparty, monkeypatch):
+    """Make the third-party plugin visible to this process and to sandbox workers."""
+    from maia_core import plugins
+
+    monkeypatch.syspath_prepend(str(thirdparty))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(thirdparty), os.environ.get("PYTHONPATH")])))
+    plugins.reset_plugins()
+    yield thirdparty
+    plugins.reset_plugins()
+
+
+@pytest.fixture(scope="session")
+def photos():
+    """Real photos shipped inside scikit-image."""
+    from PIL import Image
+    from skimage import data
+
+    return {name: Image.fromarray(getattr(data, name)()).convert("RGB") for name in ("chelsea", "coffee", "astronaut", "rocket")}
+
+
+def write_replay(path: Path, turns: list[str]) -> Path:
+    path.write_text(json.dumps(turns))
+    return path

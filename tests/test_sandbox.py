@@ -1,0 +1,197 @@
+"""The sandbox: whatever a cell does, it costs that cell only, and no secret reaches it."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from maia_core.sandbox import InProcessSandbox, ProcessSandbox, is_secret, parse_memory, rss_bytes, scrub_env
+from maia_core.transcript import ImagePart, TextPart
+from maia_core.units import Unit
+from maia_core.world import WorldSpec
+
+SECRETS = {
+    "ANTHROPIC_API_KEY": "sk-ant-test-secret",
+    "OPENAI_API_KEY": "sk-openai-test-secret",
+    "HF_TOKEN": "hf_test_secret",
+    "MY_SERVICE_TOKEN": "tok-test-secret",
+    "DB_SECRET": "db-test-secret",
+    "SOME_VENDOR_KEY": "vendor-test-secret",
+}
+UNIT = Unit("conv2", 1)
+SPEC = WorldSpec(target="toynet", tools={"display": "display", "caption": "caption"}, device="cpu")
+
+
+def text_of(result) -> str:
+    return "".join(p.text for p in result.parts if isinstance(p, TextPart))
+
+
+@pytest.fixture(scope="module")
+def asked():
+    return []
+
+
+@pytest.fixture(scope="module")
+def sandbox(thirdparty, asked, tmp_path_factory):
+    from maia_core import plugins
+
+    saved = dict(os.environ)
+    os.environ.update(SECRETS)
+    os.environ["MAIA_TEST_VISIBLE"] = "visible"
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(thirdparty), saved.get("PYTHONPATH")]))
+    plugins.reset_plugins()
+
+    def ask(messages):
+        asked.append(messages)
+        return "echo: " + messages[-1].text
+
+    box = ProcessSandbox(SPEC, ask_backbone=ask, cell_timeout=2.0, log_path=tmp_path_factory.mktemp("log") / "worker.log")
+    try:
+        box.start()
+        yield box
+    finally:
+        box.close()
+        os.environ.clear()
+        os.environ.update(saved)
+        plugins.reset_plugins()
+
+
+@pytest.fixture
+def fresh(sandbox):
+    sandbox.begin(UNIT)
+    return sandbox
+
+
+def test_namespace_persists_and_output_keeps_its_order(fresh):
+    r1 = fresh.run_cell("x = 41\nprint('first')")
+    assert r1.error is None and text_of(r1) == "first\n"
+    r2 = fresh.run_cell("print('before')\ntools.display(Image.new('RGB', (8, 8)), 'caption')\nprint('after')\nx + 1")
+    kinds = [(type(p).__name__, getattr(p, "text", "").strip()) for p in r2.parts]
+    assert kinds == [("TextPart", "before"), ("ImagePart", ""), ("TextPart", "caption"), ("TextPart", "after\n42")]
+    assert r2.parts[1].source == "display" and r2.parts[2].source == "display"
+
+
+def test_begin_gives_a_fresh_namespace(fresh):
+    fresh.run_cell("leftover = 1")
+    fresh.begin(UNIT)
+    assert "NameError" in fresh.run_cell("leftover").error
+
+
+def test_exception_returns_the_agents_traceback_and_keeps_state(fresh):
+    fresh.run_cell("kept = 'yes'")
+    r = fresh.run_cell("def f():\n    return 1 / 0\nf()")
+    assert r.error and "ZeroDivisionError: division by zero" in r.error
+    assert 'File "<cell 2>", line 2, in f' in r.error and "return 1 / 0" in r.error
+    assert "maia_core" not in r.error  # the framework's frames are cut
+    assert r.parts[-1].source == "error"
+    assert text_of(fresh.run_cell("print(kept)")) == "yes\n"
+
+
+def test_syntax_error_is_reported(fresh):
+    r = fresh.run_cell("def (:")
+    assert "SyntaxError" in r.error
+
+
+def test_endless_loop_is_interrupted_and_state_kept(fresh):
+    fresh.run_cell("kept = 7")
+    r = fresh.run_cell("while True:\n    pass")
+    assert r.error.startswith("TimeoutError") and "2 s limit" in r.error and r.restarted is None
+    assert text_of(fresh.run_cell("print(kept)")) == "7\n"
+
+
+def test_cell_that_ignores_the_interrupt_is_killed_and_replaced(fresh):
+    fresh.run_cell("kept = 7")
+    pid = text_of(fresh.run_cell("import os; print(os.getpid())")).strip()
+    r = fresh.run_cell("import signal\nsignal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})\nwhile True:\n    pass")
+    assert r.restarted and "did not stop when interrupted" in r.restarted
+    assert "NameError" in fresh.run_cell("kept").error
+    assert text_of(fresh.run_cell("import os; print(os.getpid())")).strip() != pid
+    # the unit is set up again in the new worker
+    assert fresh.run_cell("acts, _ = system.call_neuron([Image.new('RGB', (64, 64))])\nprint(len(acts))").error is None
+
+
+def test_sys_exit_is_an_error_not_an_exit(fresh):
+    fresh.run_cell("kept = 1")
+    r = fresh.run_cell("import sys\nsys.exit(3)")
+    assert r.error.startswith("SystemExit") and r.restarted is None
+    assert text_of(fresh.run_cell("print(kept)")) == "1\n"
+
+
+def test_os_exit_restarts_the_worker(fresh):
+    r = fresh.run_cell("import os\nos._exit(7)")
+    assert r.restarted and "exit status 7" in r.restarted
+    assert "SandboxError" in r.error
+    assert fresh.run_cell("print(system.neuron_num)").parts[0].text == "1\n"
+
+
+def test_segfault_restarts_the_worker(fresh):
+    r = fresh.run_cell("import ctypes\nctypes.string_at(0)")
+    assert r.restarted and "SIGSEGV" in r.restarted
+    assert fresh.run_cell("print('alive')").parts[0].text == "alive\n"
+
+
+def test_memory_past_the_cap_kills_only_the_cell(fresh):
+    base = rss_bytes(fresh.proc.pid)
+    fresh.memory_limit = base + 300 * 2**20
+    try:
+        r = fresh.run_cell("import numpy as np\nblock = np.ones(2**28)  # 2 GiB, touched\nprint('survived')")
+    finally:
+        fresh.memory_limit = None
+    assert r.restarted and "more memory than the sandbox allows" in r.restarted
+    assert "survived" not in text_of(r)
+    assert fresh.run_cell("print('alive')").parts[0].text == "alive\n"
+
+
+def test_agent_code_cannot_read_api_keys(fresh):
+    r = fresh.run_cell(
+        "import os\n"
+        "print(sorted(k for k in os.environ if k.endswith(('_KEY', '_TOKEN', '_SECRET'))))\n"
+        "print(os.environ.get('ANTHROPIC_API_KEY'), os.environ.get('HF_TOKEN'), os.environ.get('MAIA_TEST_VISIBLE'))"
+    )
+    out = text_of(r)
+    assert out == "[]\nNone None visible\n"
+    for value in SECRETS.values():
+        assert value not in out
+
+
+def test_tools_reach_the_backbone_through_the_parent(fresh, asked):
+    asked.clear()
+    r = fresh.run_cell("import os\nprint(tools.caption('describe this'))\nprint(os.environ.get('OPENAI_API_KEY'))")
+    assert text_of(r) == "echo: describe this\nNone\n"
+    assert len(asked) == 1 and asked[0][-1].text == "describe this"
+
+
+def test_output_is_bounded(fresh):
+    r = fresh.run_cell("print('x' * 50_000)\nfor i in range(50):\n    tools.display(Image.new('RGB', (4, 4)))")
+    assert sum(isinstance(p, ImagePart) for p in r.parts) == 40
+    assert "more characters of output were cut" in text_of(r)
+    assert len(text_of(r)) < 21_000
+
+
+def test_secret_patterns():
+    assert all(is_secret(k) for k in SECRETS)
+    assert not any(is_secret(k) for k in ("PATH", "HOME", "PYTHONPATH", "HF_HOME", "CUDA_VISIBLE_DEVICES", "KEYBOARD"))
+    assert scrub_env({"PATH": "/bin", "X_API_KEY_FILE": "f", "GITHUB_TOKEN": "t"}) == {"PATH": "/bin"}
+
+
+def test_memory_limit_parsing():
+    assert parse_memory("8G") == 8 * 2**30
+    assert parse_memory("512MB") == 512 * 2**20
+    assert parse_memory("none") is None
+    assert 0 < parse_memory("50%") < parse_memory("100%")
+    from maia_core.errors import UserError
+
+    with pytest.raises(UserError, match="Malformed --memory-limit"):
+        parse_memory("lots")
+
+
+def test_in_process_sandbox(with_thirdparty):
+    box = InProcessSandbox(SPEC, ask_backbone=lambda m: "ok", cell_timeout=1.0)
+    box.begin(UNIT)
+    assert box.run_cell("y = 2").error is None
+    r = box.run_cell("while True:\n    pass")
+    assert r.error.startswith("TimeoutError") and "1 s limit" in r.error
+    assert box.run_cell("import sys; sys.exit(0)").error.startswith("SystemExit")
+    assert text_of(box.run_cell("print(y)")) == "2\n"
+    box.close()

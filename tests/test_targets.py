@@ -1,0 +1,155 @@
+"""Targets: the offline EfficientNet-Lite0, timm models, call_neuron and masks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import maia
+from maia_core import plugins
+from maia_core.errors import UserError
+from maia_core.torch_target import Preprocess, TorchTarget, mask_image, upsample
+from maia_core.units import Unit
+
+
+def make(spec: str, **options):
+    entry, arg = plugins.registry("targets").resolve(spec)
+    return entry.factory(arg, device="cpu", **options)
+
+
+@pytest.fixture(scope="module")
+def lite0():
+    return make("efficientnet_lite0")
+
+
+def top_class(target, img) -> int:
+    x = target.preprocess.to_tensor([target.preprocess.view(img)])
+    with torch.inference_mode():
+        return int(target.model(x).argmax())
+
+
+def test_efficientnet_lite0_recognises_real_photos(lite0, photos):
+    # 281 tabby, 282 tiger cat, 285 Egyptian cat; 967 espresso
+    assert top_class(lite0, photos["chelsea"]) in (281, 282, 285)
+    assert top_class(lite0, photos["coffee"]) == 967
+
+
+def test_efficientnet_lite0_layers(lite0):
+    layers = {i.name: i for i in lite0.layers()}
+    assert layers["blocks.6"].units == 320 and layers["blocks.6"].spatial == (7, 7)
+    assert layers["conv_stem"].spatial == (112, 112)
+    assert layers["classifier"].kind == "vector" and layers["classifier"].units == 1000
+    names = [i.name for i in lite0.layers()]
+    assert names.index("blocks") < names.index("blocks.0")  # definition order, parents first
+    assert lite0.layer("blocks.6.0.conv_pw") is not None  # unlisted modules still resolve
+    assert len(lite0.layers(all=True)) > len(lite0.layers())
+
+
+def test_call_neuron_matches_a_direct_forward_hook(lite0, photos):
+    imgs = [photos["chelsea"], photos["rocket"], photos["coffee"]]
+    system = lite0.system(Unit("blocks.5", 17))
+    acts, masked = system.call_neuron(imgs)
+
+    captured = {}
+    handle = lite0.model.blocks[5].register_forward_hook(lambda m, i, o: captured.setdefault("out", o))
+    x = lite0.preprocess.to_tensor([lite0.preprocess.view(i) for i in imgs])
+    with torch.inference_mode():
+        lite0.model(x)
+    handle.remove()
+    expected = captured["out"][:, 17].flatten(1).amax(1)
+    np.testing.assert_allclose(acts, expected.numpy(), rtol=1e-5, atol=1e-5)
+    assert [m.size for m in masked] == [(224, 224)] * 3
+    # deterministic and batch-size independent
+    lite0.batch_size = 1
+    try:
+        np.testing.assert_allclose(system.call_neuron(imgs)[0], acts, rtol=1e-5, atol=1e-5)
+    finally:
+        lite0.batch_size = 32
+
+
+def test_vector_units_have_no_mask(lite0, photos):
+    system = lite0.system(Unit("classifier", 967))
+    acts, masked = system.call_neuron(photos["coffee"])  # one image is accepted
+    assert len(acts) == 1 and acts[0] > 5
+    assert np.array_equal(np.asarray(masked[0]), np.asarray(lite0.preprocess.view(photos["coffee"])))
+
+
+def test_mask_geometry_follows_the_map():
+    view = __import__("PIL.Image", fromlist=["Image"]).new("RGB", (8, 8), (200, 200, 200))
+    unit_map = torch.zeros(2, 2)
+    unit_map[0, 1] = 5.0  # top-right cell active
+    out = np.asarray(mask_image(view, unit_map, threshold=1.0, quantile=0.9))
+    assert tuple(out[1, 6]) == (200, 200, 200)  # inside the top-right quadrant: kept
+    assert tuple(out[6, 1]) == (50, 50, 50)  # bottom-left: dimmed to 25%
+    up = upsample(unit_map, (8, 8))
+    assert np.array_equal(out[..., 0] == 200, (up > 1.0).numpy())
+    # without a dataset threshold, the per-image quantile keeps the top of the map
+    q = np.asarray(mask_image(view, unit_map, threshold=None, quantile=0.75))
+    assert (q[..., 0] == 200).mean() == pytest.approx(0.25, abs=0.05)
+
+
+def test_an_inactive_unit_highlights_nothing():
+    view = __import__("PIL.Image", fromlist=["Image"]).new("RGB", (8, 8), (200, 200, 200))
+    out = np.asarray(mask_image(view, torch.zeros(2, 2), threshold=None, quantile=0.9))
+    assert (out == 50).all()
+
+
+def test_preprocess_view_resizes_and_center_crops():
+    from PIL import Image
+
+    pre = Preprocess(size=224, crop_pct=0.875)
+    wide = Image.new("RGB", (512, 256))
+    assert pre.view(wide).size == (224, 224)
+    x = pre.to_tensor([pre.view(wide)])
+    assert x.shape == (1, 3, 224, 224)
+    assert torch.allclose(x[0, :, 0, 0], torch.tensor([-0.485 / 0.229, -0.456 / 0.224, -0.406 / 0.225]))
+
+
+def test_forward_stops_after_the_requested_layer():
+    calls = []
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Conv2d(4, 2, 3))
+    model[2].register_forward_hook(lambda *a: calls.append("late"))
+    target = TorchTarget("seq", model, Preprocess(size=16, crop_pct=1.0), device="cpu")
+    out = target.forward_layers(torch.zeros(1, 3, 16, 16), ["0"])
+    assert out["0"].shape == (1, 4, 14, 14) and calls == []
+
+
+def test_timm_random_weights_and_errors():
+    t = make("timm:resnet18", pretrained="false")
+    assert t.layer("layer4").units == 512 and t.layer("layer4").spatial == (7, 7)
+    assert "random weights" in t.describe()
+    with pytest.raises(UserError, match="timm has no model 'resnet_nope'"):
+        make("timm:resnet_nope")
+    with pytest.raises(UserError, match="has no option 'colour'"):
+        make("timm:resnet18", colour="red")
+    with pytest.raises(UserError, match="must be true or false"):
+        make("timm:resnet18", pretrained="maybe")
+
+
+def test_timm_checkpoint_option(tmp_path):
+    import timm
+
+    model = timm.create_model("resnet10t", pretrained=False)
+    torch.save(model.state_dict(), tmp_path / "w.pth")
+    t = make("timm:resnet10t", checkpoint=str(tmp_path / "w.pth"))
+    assert torch.equal(t.model.conv1[0].weight, model.conv1[0].weight)
+    assert "weights from" in t.describe()
+    with pytest.raises(UserError, match="does not exist"):
+        make("timm:resnet10t", checkpoint=str(tmp_path / "missing.pth"))
+
+
+def test_pretrained_weights_offline_error_names_cache_and_command():
+    out = maia("layers", "timm:resnet18", env={"HF_HUB_OFFLINE": "1"})
+    assert out.returncode == 2
+    line = out.stderr.strip()
+    assert "\n" not in line and "Traceback" not in line
+    assert "Hugging Face cache" in line and "timm.create_model('resnet18', pretrained=True)" in line
+    assert "pretrained=false" in line
+
+
+def test_unknown_layer_and_unit_errors(lite0):
+    with pytest.raises(UserError, match="Unknown layer 'blocks.9'.*Valid layers: conv_stem"):
+        lite0.system(Unit("blocks.9", 0))
+    with pytest.raises(UserError, match="out of range.*320 units"):
+        lite0.system(Unit("blocks.6", 320))
