@@ -11,7 +11,7 @@ import typer
 from maia_core import plugins
 from maia_core.errors import UserError
 from maia_core.investigation import DEFAULT_MAX_ROUNDS
-from maia_core.options import parse_pairs
+from maia_core.options import parse_basis_specs, parse_pairs
 from maia_core.sandbox import DEFAULT_CELL_TIMEOUT
 
 app = typer.Typer(
@@ -67,6 +67,11 @@ def run(
         "--target-option",
         help="KEY=VALUE passed to the target, e.g. pretrained=false. Repeatable.",
     ),
+    basis: list[str] = typer.Option(
+        [],
+        "--basis",
+        help="LAYER=FILE.safetensors: the units of the virtual layer LAYER@FILE are SAE latents or directions. Repeatable.",
+    ),
     backbone_option: list[str] = typer.Option(
         [], "--backbone-option", help="KEY=VALUE passed to the backbone. Repeatable."
     ),
@@ -120,6 +125,7 @@ def run(
         seed=seed,
         chunk=chunk,
         target_options=parse_pairs(target_option, "--target-option"),
+        bases=parse_basis_specs(basis),
         backbone_options=parse_pairs(backbone_option, "--backbone-option"),
         tools=_split(tools),
         reporters=_split(reporter),
@@ -144,6 +150,9 @@ def layers(
     target_option: list[str] = typer.Option(
         [], "--target-option", help="KEY=VALUE passed to the target. Repeatable."
     ),
+    basis: list[str] = typer.Option(
+        [], "--basis", help="LAYER=FILE.safetensors: also list the virtual layer LAYER@FILE."
+    ),
     all_layers: bool = typer.Option(
         False, "--all", help="List every module, not only the main layers."
     ),
@@ -154,13 +163,15 @@ def layers(
     from rich.console import Console
     from rich.table import Table
 
-    entry, arg = plugins.registry("targets").resolve(target)
-    try:
-        tgt = entry.factory(arg, device=device, **parse_pairs(target_option, "--target-option"))
-    except ModuleNotFoundError as exc:
-        raise UserError(
-            f"Target {target} needs the Python module {exc.name!r}; install it, e.g. pip install 'maia[torch]'."
-        ) from exc
+    from maia_core.world import WorldSpec, load_target
+
+    spec = WorldSpec(
+        target=target,
+        target_options=parse_pairs(target_option, "--target-option"),
+        device=device,
+        bases=parse_basis_specs(basis),
+    )
+    tgt = load_target(spec)
     infos = tgt.layers(all=all_layers)
     if as_json:
         print(
@@ -209,7 +220,7 @@ def list_plugins(
 
 
 def _add_plugin_commands() -> None:
-    plugins.load_plugins().hook.register_commands(cli=app)
+    plugins.add_commands(app)
 
 
 def main() -> None:

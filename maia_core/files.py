@@ -39,7 +39,7 @@ def atomic_write_json(path: str | os.PathLike, obj: Any, *, indent: int | None =
     )
 
 
-_UNSAFE = re.compile(r"[^A-Za-z0-9._=+-]+")
+_UNSAFE = re.compile(r"[^A-Za-z0-9._=+@-]+")
 
 
 def slug(text: str) -> str:

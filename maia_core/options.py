@@ -58,7 +58,7 @@ def reject_unknown(options: dict[str, object], owner: str, known: Iterable[str])
 
 
 # Options every torch-based target takes, passed on to TorchTarget.
-TARGET_TUNING = ("batch_size", "mask_quantile")
+TARGET_TUNING = ("batch_size", "mask_quantile", "channels_last")
 
 
 def target_tuning(options: dict[str, str]) -> dict[str, object]:
@@ -68,4 +68,19 @@ def target_tuning(options: dict[str, str]) -> dict[str, object]:
         out["batch_size"] = as_int(options["batch_size"], "batch_size")
     if "mask_quantile" in options:
         out["mask_quantile"] = as_float(options["mask_quantile"], "mask_quantile")
+    if "channels_last" in options:
+        out["channels_last"] = as_bool(options["channels_last"], "channels_last")
+    return out
+
+
+def parse_basis_specs(specs: Iterable[str]) -> list[tuple[str, str]]:
+    """``["blocks.6=sae.safetensors"]`` -> ``[("blocks.6", "sae.safetensors")]`` (see maia_core.basis)."""
+    out = []
+    for spec in specs:
+        layer, sep, path = spec.partition("=")
+        if not sep or not layer.strip() or not path.strip():
+            raise UserError(
+                f"Malformed --basis {spec!r}. Expected LAYER=PATH, e.g. --basis blocks.6=sae.safetensors."
+            )
+        out.append((layer.strip(), path.strip()))
     return out

@@ -221,6 +221,28 @@ def plugin_infos() -> list[PluginInfo]:
     return sorted(plugins.infos.values(), key=lambda i: i.name)
 
 
+def add_commands(cli: Any) -> None:
+    """Let each plugin add its subcommands to ``cli`` (a Typer app); record who added what."""
+    plugins = get_plugins()
+    for impl in reversed(plugins.pm.hook.register_commands.get_hookimpls()):
+        before = _command_names(cli)
+        impl.function(cli=cli)
+        added = [n for n in _command_names(cli) if n not in before]
+        info = plugins.infos.setdefault(
+            impl.plugin_name, PluginInfo(name=impl.plugin_name, module=impl.plugin_name)
+        )
+        info.provides.setdefault("commands", []).extend(added)
+
+
+def _command_names(cli: Any) -> list[str]:
+    names = [
+        c.name or c.callback.__name__.replace("_", "-")
+        for c in getattr(cli, "registered_commands", [])
+    ]
+    names += [g.name for g in getattr(cli, "registered_groups", [])]
+    return names
+
+
 def select_tools(selection: Iterable[str] | None) -> dict[str, Entry]:
     """Pick one implementation per tool capability.
 

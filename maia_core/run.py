@@ -40,6 +40,7 @@ class RunConfig:
     seed: int = 0
     chunk: str | None = None
     target_options: dict[str, str] = field(default_factory=dict)
+    bases: list[tuple[str, str]] = field(default_factory=list)
     backbone_options: dict[str, str] = field(default_factory=dict)
     tools: list[str] | None = None
     reporters: list[str] | None = None
@@ -116,6 +117,7 @@ def run(config: RunConfig, reporter: Reporter | None = None) -> list[Investigati
     spec = WorldSpec(
         target=config.target,
         target_options=dict(config.target_options),
+        bases=list(config.bases),
         tools={cap: e.name for cap, e in tools.items()},
         device=config.device,
         precision=config.precision,

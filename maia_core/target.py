@@ -45,6 +45,10 @@ class Target(ABC):
         store provides one; without it masks use a per-image quantile.
         """
 
+    def add_basis(self, basis: Any) -> LayerInfo:
+        """Read a layer through a basis of directions or SAE latents (see maia_core.basis)."""
+        raise UserError(f"Target {self.name} does not support --basis.")
+
     def describe(self) -> str:
         """One line on what the model is, shown to the agent and in reports."""
         return self.name

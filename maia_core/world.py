@@ -43,6 +43,8 @@ class WorldSpec:
     device: str = "auto"
     precision: str = "fp32"
     exemplars: str | None = None
+    # (layer, safetensors path) pairs: units that are directions or SAE latents (maia_core.basis)
+    bases: list[tuple[str, str]] = field(default_factory=list)
 
 
 @dataclass
@@ -140,11 +142,7 @@ class _Collector:
 class World:
     def __init__(self, spec: WorldSpec, ask_backbone: Callable[[list[Message]], str]):
         self.spec = spec
-        entry, arg = plugins.registry("targets").resolve(spec.target)
-        options = dict(spec.target_options)
-        self.target = entry.factory(arg, device=spec.device, precision=spec.precision, **options)
-        if not getattr(self.target, "name", None):
-            self.target.name = spec.target
+        self.target = load_target(spec)
         self.ctx = ToolContext(
             target=self.target,
             device=str(getattr(self.target, "device", spec.device)),
@@ -292,12 +290,30 @@ def _format_error(exc: BaseException) -> str:
     return "".join(traceback.format_exception(type(exc), exc, tb)).rstrip()
 
 
-def load_world(spec: WorldSpec, ask_backbone: Callable[[list[Message]], str]) -> World:
-    """Build a world; a missing library is a user error that names the extra to install."""
+def load_target(spec: WorldSpec) -> Any:
+    """The target a spec names, with its ``--basis`` files loaded.
+
+    A missing library is a user error that names the extra to install.
+    """
+    entry, arg = plugins.registry("targets").resolve(spec.target)
     try:
-        return World(spec, ask_backbone)
+        target = entry.factory(
+            arg, device=spec.device, precision=spec.precision, **spec.target_options
+        )
+        if not getattr(target, "name", None):
+            target.name = spec.target
+        if spec.bases:  # torch is imported only when there are bases
+            from maia_core.basis import Basis
+
+            for layer, path in spec.bases:
+                target.add_basis(Basis.load(layer, path))
     except ModuleNotFoundError as exc:
         raise UserError(
             f"Target {spec.target} needs the Python module {exc.name!r}, which is not installed. "
             "Install the extra that provides it, e.g. pip install 'maia[torch]'."
         ) from exc
+    return target
+
+
+def load_world(spec: WorldSpec, ask_backbone: Callable[[list[Message]], str]) -> World:
+    return World(spec, ask_backbone)

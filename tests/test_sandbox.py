@@ -6,7 +6,14 @@ import os
 
 import pytest
 
-from maia_core.sandbox import InProcessSandbox, ProcessSandbox, is_secret, parse_memory, rss_bytes, scrub_env
+from maia_core.sandbox import (
+    InProcessSandbox,
+    ProcessSandbox,
+    is_secret,
+    parse_memory,
+    rss_bytes,
+    scrub_env,
+)
 from maia_core.transcript import ImagePart, TextPart
 from maia_core.units import Unit
 from maia_core.world import WorldSpec

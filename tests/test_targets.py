@@ -52,7 +52,9 @@ def test_call_neuron_matches_a_direct_forward_hook(lite0, photos):
     acts, masked = system.call_neuron(imgs)
 
     captured = {}
-    handle = lite0.model.blocks[5].register_forward_hook(lambda m, i, o: captured.setdefault("out", o))
+    handle = lite0.model.blocks[5].register_forward_hook(
+        lambda m, i, o: captured.setdefault("out", o)
+    )
     x = lite0.preprocess.to_tensor([lite0.preprocess.view(i) for i in imgs])
     with torch.inference_mode():
         lite0.model(x)
@@ -72,7 +74,9 @@ def test_vector_units_have_no_mask(lite0, photos):
     system = lite0.system(Unit("classifier", 967))
     acts, masked = system.call_neuron(photos["coffee"])  # one image is accepted
     assert len(acts) == 1 and acts[0] > 5
-    assert np.array_equal(np.asarray(masked[0]), np.asarray(lite0.preprocess.view(photos["coffee"])))
+    assert np.array_equal(
+        np.asarray(masked[0]), np.asarray(lite0.preprocess.view(photos["coffee"]))
+    )
 
 
 def test_mask_geometry_follows_the_map():
@@ -103,7 +107,9 @@ def test_preprocess_view_resizes_and_center_crops():
     assert pre.view(wide).size == (224, 224)
     x = pre.to_tensor([pre.view(wide)])
     assert x.shape == (1, 3, 224, 224)
-    assert torch.allclose(x[0, :, 0, 0], torch.tensor([-0.485 / 0.229, -0.456 / 0.224, -0.406 / 0.225]))
+    assert torch.allclose(
+        x[0, :, 0, 0], torch.tensor([-0.485 / 0.229, -0.456 / 0.224, -0.406 / 0.225])
+    )
 
 
 def test_forward_stops_after_the_requested_layer():
@@ -111,6 +117,8 @@ def test_forward_stops_after_the_requested_layer():
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Conv2d(4, 2, 3))
     model[2].register_forward_hook(lambda *a: calls.append("late"))
     target = TorchTarget("seq", model, Preprocess(size=16, crop_pct=1.0), device="cpu")
+    target.layers()  # probing runs the whole model once
+    calls.clear()
     out = target.forward_layers(torch.zeros(1, 3, 16, 16), ["0"])
     assert out["0"].shape == (1, 4, 14, 14) and calls == []
 

@@ -72,7 +72,7 @@ def make_efficientnet_lite(
     import timm
     import torch
 
-    from maia_core.torch_target import Preprocess, TorchTarget
+    from maia_core.torch_target import Preprocess, TorchTarget, imagenet_class_names
 
     module_name, arch, size = VARIANTS[name]
     model = timm.create_model(arch, pretrained=False)
@@ -93,5 +93,6 @@ def make_efficientnet_lite(
         device=device,
         precision=precision,
         description=f"EfficientNet-Lite0 ImageNet-1k classifier, {size}x{size} input",
+        class_names=imagenet_class_names(),
         **target_tuning(options),
     )

@@ -1,10 +1,10 @@
-"""The ``timm`` target: any timm model, ``--target timm:<model_name>``.
+"""timm targets: any timm model (``timm:<model_name>``) and MAIA's ``dino_vits8``.
 
 Options (``--target-option KEY=VALUE``):
 
 - ``pretrained`` (default true): load timm's pretrained weights, from its usual cache;
 - ``checkpoint=PATH``: load weights from a local file instead;
-- ``batch_size`` (default 32), ``mask_quantile`` (default 0.9).
+- ``batch_size`` (default 32), ``mask_quantile`` (default 0.9), ``channels_last`` (GPU only).
 """
 
 from __future__ import annotations
@@ -14,6 +14,9 @@ from maia_core.errors import UserError
 from maia_core.options import TARGET_TUNING, as_bool, reject_unknown, target_tuning
 
 OPTIONS = ("pretrained", "checkpoint", *TARGET_TUNING)
+# MAIA's DINO ViT-S/8 is the same network and weights as timm's vit_small_patch8_224.dino,
+# with the same module names, so MAIA's layers (blocks.N.mlp.fc1) read the same.
+DINO_VITS8 = "vit_small_patch8_224.dino"
 
 
 @hookimpl
@@ -21,20 +24,61 @@ def register_targets(register):
     register(
         "timm", make_timm_target, help="Any timm model: timm:<model_name> (e.g. timm:resnet50)"
     )
+    register(
+        "dino_vits8",
+        make_dino_vits8,
+        help="MAIA's DINO ViT-S/8 (timm vit_small_patch8_224.dino); layers blocks.N.mlp.fc1",
+    )
+
+
+def make_dino_vits8(arg: str | None, **options: str):
+    return make_timm_target(
+        DINO_VITS8,
+        name="dino_vits8",
+        main_layers=[f"blocks.{i}.mlp.fc1" for i in range(12)],
+        **options,
+    )
+
+
+def class_names_for(model) -> list[str] | None:
+    from timm.data import ImageNetInfo, infer_imagenet_subset
+
+    from maia_core.torch_target import imagenet_class_names
+
+    subset = infer_imagenet_subset(model)
+    if subset == "imagenet-1k":
+        return imagenet_class_names()
+    if subset:
+        info = ImageNetInfo(subset)
+        return [info.index_to_description(i) for i in range(info.num_classes())]
+    return None
 
 
 def make_timm_target(
-    arg: str | None, *, device: str = "auto", precision: str = "fp32", **options: str
+    arg: str | None,
+    *,
+    device: str = "auto",
+    precision: str = "fp32",
+    name: str | None = None,
+    main_layers: list[str] | None = None,
+    **options: str,
 ):
     if not arg:
         raise UserError(
             "The timm target needs a model name: --target timm:<model_name>, e.g. timm:resnet50."
         )
-    reject_unknown(options, f"Target timm:{arg}", OPTIONS)
+    name = name or f"timm:{arg}"
+    reject_unknown(options, f"Target {name}", OPTIONS)
     import timm
     from timm.data import resolve_data_config
 
-    from maia_core.torch_target import Preprocess, TorchTarget, weights_cache_hint
+    from maia_core.torch_target import (
+        Preprocess,
+        TorchTarget,
+        hf_cache_dir,
+        hub_offline_unless_reachable,
+        weights_unavailable,
+    )
 
     if not timm.is_model(arg):
         raise UserError(
@@ -43,14 +87,14 @@ def make_timm_target(
     pretrained = as_bool(options.get("pretrained", "true"), "pretrained")
     checkpoint = options.get("checkpoint")
     try:
-        model = timm.create_model(arg, pretrained=pretrained and not checkpoint)
+        with hub_offline_unless_reachable():
+            model = timm.create_model(arg, pretrained=pretrained and not checkpoint)
     except Exception as exc:
         if not pretrained or checkpoint:
             raise
-        raise UserError(
-            f"Cannot load pretrained weights for timm:{arg} ({type(exc).__name__}); maia looked in {weights_cache_hint()}. "
-            f"Fetch them where there is network with: python -c \"import timm; timm.create_model('{arg}', pretrained=True)\", "
-            "or pass --target-option checkpoint=PATH for a local file, or pretrained=false for random weights."
+        fetch = f"python -c \"import timm; timm.create_model('{arg}', pretrained=True)\""
+        raise weights_unavailable(
+            f"timm:{arg}", f"the Hugging Face cache {hf_cache_dir()}", fetch, exc
         ) from exc
     if checkpoint:
         try:
@@ -69,17 +113,19 @@ def make_timm_target(
         mean=tuple(cfg["mean"]),
         std=tuple(cfg["std"]),
     )
-    weights = (
-        "random weights"
-        if not pretrained and not checkpoint
-        else ("weights from " + checkpoint if checkpoint else "pretrained weights")
-    )
+    if checkpoint:
+        weights = f"weights from {checkpoint}"
+    else:
+        weights = "pretrained weights" if pretrained else "random weights"
     return TorchTarget(
-        f"timm:{arg}",
+        name,
         model,
         preprocess,
         device=device,
         precision=precision,
         description=f"timm model {arg} with {weights}, {preprocess.size[1]}x{preprocess.size[0]} input",
+        class_names=class_names_for(model) if getattr(model, "num_classes", 0) else None,
+        prefix_tokens=getattr(model, "num_prefix_tokens", None),
+        main_layers=main_layers,
         **target_tuning(options),
     )

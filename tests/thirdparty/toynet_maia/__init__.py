@@ -15,12 +15,14 @@ def register_tools(register):
 
 
 def make_toynet(arg, *, device="auto", precision="fp32", **options):
+    import sys
     from collections import OrderedDict
 
     import torch
 
     from maia_core.torch_target import Preprocess, TorchTarget
 
+    print("toynet loaded", file=sys.stderr)  # the tests count loads in the worker log
     torch.manual_seed(0)
     model = torch.nn.Sequential(
         OrderedDict(
@@ -30,7 +32,9 @@ def make_toynet(arg, *, device="auto", precision="fp32", **options):
             relu2=torch.nn.ReLU(),
         )
     )
-    return TorchTarget("toynet", model, Preprocess(size=64, crop_pct=1.0), device=device, precision=precision)
+    return TorchTarget(
+        "toynet", model, Preprocess(size=64, crop_pct=1.0), device=device, precision=precision
+    )
 
 
 class Caption:
