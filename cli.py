@@ -73,7 +73,33 @@ def run(
         help="LAYER=FILE.safetensors: the units of the virtual layer LAYER@FILE are SAE latents or directions. Repeatable.",
     ),
     backbone_option: list[str] = typer.Option(
-        [], "--backbone-option", help="KEY=VALUE passed to the backbone. Repeatable."
+        [],
+        "--backbone-option",
+        help="KEY=VALUE passed to the backbone, e.g. max_attempts=8, timeout=120, context_tokens=100000, image_size=512, merge_system=true. Repeatable.",
+    ),
+    base_url: str | None = typer.Option(
+        None,
+        "--base-url",
+        help="The backbone's server, e.g. http://localhost:11434/v1 for local-<model> (the default there).",
+    ),
+    describer: str | None = typer.Option(
+        None,
+        "--describer",
+        help="The backbone that describe_images and summarize_images ask. Default: the agent's backbone.",
+    ),
+    describer_option: list[str] = typer.Option(
+        [], "--describer-option", help="KEY=VALUE passed to the describer backbone. Repeatable."
+    ),
+    budget_usd: float | None = typer.Option(
+        None,
+        "--budget-usd",
+        min=0,
+        help="Stop starting new units once this run's estimated spend reaches this many USD.",
+    ),
+    price_file: Path | None = typer.Option(
+        None,
+        "--price-file",
+        help='JSON or TOML prices in USD per million tokens, overriding the built-in table: {"model": {"input": 2, "output": 10}}.',
     ),
     tools: list[str] | None = typer.Option(
         None,
@@ -138,6 +164,11 @@ def run(
         memory_limit=memory_limit,
         exemplars=str(exemplars) if exemplars else None,
         force=force,
+        base_url=base_url,
+        describer=describer,
+        describer_options=parse_pairs(describer_option, "--describer-option"),
+        budget_usd=budget_usd,
+        price_file=str(price_file) if price_file else None,
     )
     investigations = run_units(config)
     if any(i.result is not None and i.result.status == "failed" for i in investigations):

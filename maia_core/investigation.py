@@ -16,6 +16,7 @@ from typing import Any
 
 from maia_core import prompts
 from maia_core.backbone import Backbone, Usage
+from maia_core.describer import Describer, DescriberCall
 from maia_core.reporter import Reporter
 from maia_core.sandbox import Sandbox
 from maia_core.transcript import Message, Part, TextPart
@@ -81,6 +82,8 @@ class Investigation:
     threshold: str = ""
     target_description: str = ""
     result: Result | None = None
+    # The backbone that answered tools' describe/summarize requests, when not the agent's.
+    describer: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         r = self.result or Result("running")
@@ -89,6 +92,7 @@ class Investigation:
             "layer": self.unit.layer,
             "unit": self.unit.index,
             "backbone": self.backbone,
+            **({"describer": self.describer} if self.describer else {}),
             "status": r.status,
             "description": r.description,
             "label": r.label,
@@ -113,11 +117,13 @@ class Loop:
         reporter: Reporter,
         *,
         max_rounds: int = DEFAULT_MAX_ROUNDS,
+        describer: Describer | None = None,
     ):
         self.backbone = backbone
         self.sandbox = sandbox
         self.reporter = reporter
         self.max_rounds = max_rounds
+        self.describer = describer
 
     def _add(self, inv: Investigation, message: Message) -> None:
         inv.messages.append(message)
@@ -131,8 +137,31 @@ class Loop:
         meta = {"round": result.rounds, "kind": kind, "usage": reply.usage.to_json()}
         if reply.model:
             meta["model"] = reply.model
+        meta.update(reply.meta)
         self._add(inv, Message.of("assistant", reply.text, **meta))
         return reply.text
+
+    def _count_describer(self, result: Result, meta: dict[str, Any]) -> None:
+        """Describer calls made by this round's code: recorded with its result, and their
+        tokens and cost counted in the round's and the unit's usage."""
+        calls: list[DescriberCall] = self.describer.take() if self.describer else []
+        if not calls:
+            return
+        meta["describer"] = [c.to_json() for c in calls]
+        used = Usage()
+        for c in calls:
+            used = used + c.usage
+        result.usage = result.usage + used
+        entry = result.rounds_usage[-1]
+        keys = (
+            "input_tokens",
+            "output_tokens",
+            "cost_usd",
+            "cache_read_tokens",
+            "cache_write_tokens",
+        )
+        total = Usage(**{k: entry[k] for k in keys if k in entry}) + used
+        entry.update(total.to_json(), describer=used.to_json())
 
     def _run_code(self, blocks: list[str]) -> tuple[list[Part], float, int]:
         parts: list[Part] = []
@@ -169,6 +198,8 @@ class Loop:
         inv.result = None
         start = time.perf_counter()
         try:
+            if self.describer is not None:
+                self.describer.begin(inv.unit)
             setup = self.sandbox.begin(inv.unit)
             inv.threshold = setup.threshold_note
             inv.target_description = setup.target_description
@@ -206,6 +237,7 @@ class Loop:
                     parts, seconds, restarts = self._run_code(blocks)
                     result.sandbox_restarts += restarts
                     meta = {"round": result.rounds, "kind": "result", "seconds": round(seconds, 3)}
+                    self._count_describer(result, meta)
                 if round_no == self.max_rounds:
                     parts.append(TextPart(prompts.final_request(self.max_rounds), "note"))
                 self._add(inv, Message("user", parts, meta))

@@ -18,12 +18,13 @@ from pathlib import Path
 from maia_core import plugins
 from maia_core import units as unitspec
 from maia_core.backbone import Backbone
+from maia_core.describer import Describer
 from maia_core.errors import BackboneError, UserError
 from maia_core.files import slug
 from maia_core.investigation import DEFAULT_MAX_ROUNDS, Investigation, Loop, Result
+from maia_core.pricing import PriceTable
 from maia_core.reporter import Reporter, Reporters
 from maia_core.sandbox import DEFAULT_CELL_TIMEOUT, make_sandbox, parse_memory
-from maia_core.transcript import Message
 from maia_core.units import Unit
 from maia_core.world import WorldSpec
 
@@ -53,6 +54,15 @@ class RunConfig:
     memory_limit: str | None = "80%"
     exemplars: str | None = None
     force: bool = False
+    # The agent backbone's server, for OpenAI-compatible and proxied backbones (--base-url).
+    base_url: str | None = None
+    # The backbone tools' describe/summarize requests go to; None: the agent's backbone.
+    describer: str | None = None
+    describer_options: dict[str, str] = field(default_factory=dict)
+    # Stop starting new units once this run's estimated spend reaches this many USD.
+    budget_usd: float | None = None
+    # JSON or TOML prices that override the built-in table (maia_core.pricing).
+    price_file: str | None = None
 
 
 @dataclass
@@ -61,6 +71,10 @@ class RunInfo:
     units: list[Unit]
     backbone: str
     target: str
+    describer: str | None = None
+    # Estimated USD this run has spent so far, and the units --budget-usd kept from starting.
+    spent_usd: float = 0.0
+    not_started: list[Unit] = field(default_factory=list)
 
 
 def selection(config: RunConfig) -> unitspec.Selection:
@@ -80,6 +94,36 @@ def make_backbone(spec: str, options: dict[str, str] | None = None) -> Backbone:
     backbone = entry.factory(arg, **(options or {}))
     backbone.name = backbone.name or spec
     return backbone
+
+
+def make_backbones(config: RunConfig) -> tuple[Backbone, Backbone]:
+    """The agent's backbone and the describer's (the same object unless --describer differs),
+    priced with the run's table, and able to keep to --budget-usd."""
+    prices = PriceTable.load(config.price_file)
+    options = dict(config.backbone_options)
+    if config.base_url:
+        options.setdefault("base_url", config.base_url)
+    agent = make_backbone(config.backbone, options)
+    agent.prices = prices
+    describer = agent
+    if config.describer and (config.describer != config.backbone or config.describer_options):
+        try:
+            describer = make_backbone(config.describer, config.describer_options)
+        except BaseException:
+            agent.close()
+            raise
+        describer.prices = prices
+    if config.budget_usd is not None:
+        for b in dict.fromkeys((agent, describer)):
+            if not b.price_known():
+                agent.close()
+                describer.close()
+                raise UserError(
+                    f"--budget-usd needs a price for {b.model or b.name}, and the price table has "
+                    f"none. Add one with --price-file FILE, e.g. "
+                    f'{{"{b.model or b.name}": {{"input": 1.0, "output": 2.0}}}} (USD per million tokens).'
+                )
+    return agent, describer
 
 
 def make_reporters(names: list[str] | None, results: Path) -> Reporters:
@@ -111,7 +155,9 @@ def run(config: RunConfig, reporter: Reporter | None = None) -> list[Investigati
     tools = plugins.select_tools(config.tools)
     memory_limit = parse_memory(config.memory_limit)
     results = Path(config.results)
-    backbone = make_backbone(config.backbone, config.backbone_options)
+    backbone, describer_backbone = make_backbones(config)
+    describer_name = describer_backbone.name if describer_backbone is not backbone else None
+    describer = Describer(describer_backbone)
     reporters = reporter or make_reporters(config.reporters, results)
 
     spec = WorldSpec(
@@ -124,13 +170,10 @@ def run(config: RunConfig, reporter: Reporter | None = None) -> list[Investigati
         exemplars=config.exemplars,
     )
 
-    def ask_backbone(messages: list[Message]) -> str:
-        return backbone.complete(messages).text
-
     sandbox = make_sandbox(
         config.sandbox,
         spec,
-        ask_backbone=ask_backbone,
+        ask_backbone=describer,
         cell_timeout=config.cell_timeout,
         memory_limit=memory_limit,
         log_path=results / "worker.log",
@@ -144,17 +187,26 @@ def run(config: RunConfig, reporter: Reporter | None = None) -> list[Investigati
             selected = unitspec.sample(selected, config.random, config.seed)
         if config.chunk:
             selected = unitspec.chunk(selected, *unitspec.parse_chunk(config.chunk))
-        info = RunInfo(config, selected, backbone.name, config.target)
+        info = RunInfo(config, selected, backbone.name, config.target, describer_name)
         reporters.run_started(info)
-        loop = Loop(backbone, sandbox, reporters, max_rounds=config.max_rounds)
+        loop = Loop(backbone, sandbox, reporters, max_rounds=config.max_rounds, describer=describer)
         for unit in selected:
             inv = Investigation(
-                unit, config.target, backbone.name, unit_dir(results, backbone, config.target, unit)
+                unit,
+                config.target,
+                backbone.name,
+                unit_dir(results, backbone, config.target, unit),
+                describer=describer_name,
             )
-            investigations.append(inv)
             if not config.force and completed(inv.out_dir):
+                investigations.append(inv)
                 reporters.unit_skipped(inv)
                 continue
+            if config.budget_usd is not None and info.spent_usd >= config.budget_usd:
+                # Not started, so nothing is written: a later run with more budget resumes here.
+                info.not_started.append(unit)
+                continue
+            investigations.append(inv)
             reporters.unit_started(inv)
             try:
                 loop.run(inv)
@@ -166,10 +218,13 @@ def run(config: RunConfig, reporter: Reporter | None = None) -> list[Investigati
                 inv.result.error = f"{type(exc).__name__}: {exc}"
                 if not isinstance(exc, BackboneError):
                     traceback.print_exc(file=sys.stderr)
+            info.spent_usd += inv.result.usage.cost_usd or 0.0
             reporters.unit_finished(inv)
         reporters.run_finished(info, investigations)
     finally:
         sandbox.close()
         backbone.close()
+        if describer_backbone is not backbone:
+            describer_backbone.close()
         reporters.close()
     return investigations

@@ -7,17 +7,21 @@
 - a results folder: each unit replays ``<PATH>/<layer>/<unit>/history.json``.
 
 The n-th reply of an investigation is the n-th recorded assistant turn, so replaying a
-past run re-executes its code against the target and reproduces it.
+past run re-executes its code against the target and reproduces it. Requests from tools such
+as ``describe_images`` (marked by :mod:`maia_core.describer`) get the recorded describer reply
+with the same call number, never an agent turn.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from maia_core import hookimpl
 from maia_core.backbone import Backbone, Reply
+from maia_core.describer import DESCRIBER_KIND
 from maia_core.errors import BackboneError, UserError
 from maia_core.files import slug
 from maia_core.options import reject_unknown
@@ -69,9 +73,28 @@ def assistant_turns(obj: Any, source: str) -> list[str]:
     return turns
 
 
-def _load(path: Path) -> list[str]:
+def describer_replies(obj: Any) -> dict[int, str]:
+    """The describer replies a maia history.json recorded, by call number."""
+    messages = obj.get("messages") if isinstance(obj, dict) else None
+    out: dict[int, str] = {}
+    for m in messages or ():
+        meta = m.get("meta") if isinstance(m, dict) else None
+        for call in (meta or {}).get("describer") or ():
+            if isinstance(call, dict) and isinstance(call.get("call"), int):
+                out[call["call"]] = str(call.get("reply", ""))
+    return out
+
+
+@dataclass
+class Recording:
+    turns: list[str]
+    describer: dict[int, str] = field(default_factory=dict)
+
+
+def _load(path: Path) -> Recording:
     try:
-        return assistant_turns(json.loads(path.read_text()), str(path))
+        obj = json.loads(path.read_text())
+        return Recording(assistant_turns(obj, str(path)), describer_replies(obj))
     except FileNotFoundError:
         raise UserError(f"Replay file {str(path)!r} does not exist.") from None
     except json.JSONDecodeError as exc:
@@ -82,7 +105,7 @@ class ReplayBackbone(Backbone):
     def __init__(self, path: Path):
         self.path = path
         self.name = f"replay:{path}"
-        self._cache: dict[Path, list[str]] = {}
+        self._cache: dict[Path, Recording] = {}
         if path.is_file():
             self._cache[path] = _load(path)
         elif not path.is_dir():
@@ -92,17 +115,20 @@ class ReplayBackbone(Backbone):
     def slug(self) -> str:
         return "replay"
 
-    def _turns_for(self, messages: list[Message]) -> tuple[list[str], Path]:
+    def _recording_for(self, messages: list[Message]) -> tuple[Recording, Path]:
         if self.path.is_file():
             return self._cache[self.path], self.path
-        task = next((m for m in messages if m.meta.get("kind") == "task"), None)
-        if task is None or "layer" not in task.meta:
+        if messages and messages[0].meta.get("kind") == DESCRIBER_KIND:
+            named = messages[0]
+        else:
+            named = next((m for m in messages if m.meta.get("kind") == "task"), None)
+        if named is None or "layer" not in named.meta:
             raise BackboneError(
                 f"replay from the folder {self.path} needs a task message naming the unit"
             )
         candidates = [
-            self.path / layer / str(task.meta["unit"]) / "history.json"
-            for layer in (task.meta["layer"], slug(task.meta["layer"]))
+            self.path / layer / str(named.meta["unit"]) / "history.json"
+            for layer in (named.meta["layer"], slug(named.meta["layer"]))
         ]
         found = next((c for c in candidates if c.is_file()), None)
         if found is None:
@@ -114,7 +140,16 @@ class ReplayBackbone(Backbone):
         return self._cache[found], found
 
     def complete(self, messages: list[Message]) -> Reply:
-        turns, source = self._turns_for(messages)
+        recording, source = self._recording_for(messages)
+        if messages and messages[0].meta.get("kind") == DESCRIBER_KIND:
+            call = messages[0].meta.get("call", 0)
+            if call not in recording.describer:
+                raise BackboneError(
+                    f"the recorded transcript {source} has no describer reply {call + 1} "
+                    f"(it has {len(recording.describer)})"
+                )
+            return Reply(recording.describer[call], model="replay")
+        turns = recording.turns
         n = sum(1 for m in messages if m.role == "assistant")
         if n >= len(turns):
             raise BackboneError(

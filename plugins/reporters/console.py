@@ -37,8 +37,11 @@ class ConsoleReporter(Reporter):
         self.skipped: set[int] = set()
 
     def run_started(self, run) -> None:
+        describer = getattr(run, "describer", None)
         self.console.print(
-            f"[bold]maia[/]: {len(run.units)} unit(s) of [cyan]{run.target}[/] with [cyan]{run.backbone}[/] -> {self.results}"
+            f"[bold]maia[/]: {len(run.units)} unit(s) of [cyan]{run.target}[/] with [cyan]{run.backbone}[/]"
+            + (f" (describer [cyan]{describer}[/])" if describer else "")
+            + f" -> {self.results}"
         )
         self.progress = Progress(
             SpinnerColumn(),
@@ -130,6 +133,21 @@ class ConsoleReporter(Reporter):
         for row in rows:
             table.add_row(*row)
         self.console.print(table)
+        budget = getattr(run.config, "budget_usd", None)
+        if budget is not None:
+            spent = getattr(run, "spent_usd", 0.0)
+            waiting = getattr(run, "not_started", [])
+            if waiting:
+                self.console.print(
+                    f"[yellow]Budget of ${budget:.2f} reached (this run spent ${spent:.4f}): "
+                    f"{len(waiting)} unit(s) not started. Run the same command with a higher "
+                    "--budget-usd to continue.[/]",
+                    highlight=False,
+                )
+            else:
+                self.console.print(
+                    f"This run spent ${spent:.4f} of its ${budget:.2f} budget.", highlight=False
+                )
 
     def close(self) -> None:
         if self.progress is not None:
