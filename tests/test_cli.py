@@ -73,7 +73,7 @@ def test_chunk_random_and_unit_file(tmp_path):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--target", "nonet"], "Unknown target 'nonet' for --target. Known: efficientnet_lite0"),
+        (["--target", "nonet"], "Unknown target 'nonet' for --target. Known: clip-RN50, dino_vits8, efficientnet_lite0"),
         (["--backbone", "gtp-4o"], "Unknown backbone 'gtp-4o' for --backbone. Known: claude (claude-*)"),
         (["--tools", "teleport"], "Unknown tool 'teleport' for --tools. Known: describe_images, display"),
         (["--units", "blocks.6=x"], "Malformed unit spec 'blocks.6=x'"),
