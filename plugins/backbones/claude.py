@@ -10,6 +10,7 @@ from typing import Any
 
 from maia_core import hookimpl
 from maia_core.context import ImageTokens, anthropic_image_tokens
+from maia_core.options import as_bool
 from maia_core.transcript import ImagePart, Message
 
 from .common import (
@@ -55,8 +56,6 @@ class ClaudeBackbone(ApiBackbone):
     provider = "Anthropic"
 
     def __init__(self, model: str, options: ApiOptions):
-        from maia_core.options import as_bool
-
         key_env = options.api_key_env or KEY_ENV
         super().__init__(model, options, context_tokens=DEFAULT_CONTEXT, key_env=key_env)
         self.sdk = import_sdk("anthropic", "claude", "anthropic")

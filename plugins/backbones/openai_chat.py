@@ -15,6 +15,7 @@ from typing import Any
 
 from maia_core import hookimpl
 from maia_core.context import ImageTokens, openai_image_rule
+from maia_core.errors import UserError
 from maia_core.images import data_uri
 from maia_core.transcript import ImagePart, Message
 
@@ -77,8 +78,6 @@ def make_openai_compatible(arg: str | None, **options: Any) -> OpenAICompatibleB
     if model.startswith("local-"):
         model = model[len("local-") :]
     if not model:
-        from maia_core.errors import UserError
-
         raise UserError(
             "Name the served model: --backbone local-<model> or openai-compatible:<model>, "
             "e.g. local-google/gemma-3-27b-it."
@@ -113,8 +112,6 @@ class OpenAIBackbone(ApiBackbone):
             key = require_key(key_env, self.kind)
         self.detail = options.extra.get("image_detail") or None
         if self.detail not in (None, "auto", "low", "high"):
-            from maia_core.errors import UserError
-
             raise UserError(f"Option image_detail={self.detail!r} must be auto, low or high.")
         self.client = self.sdk.OpenAI(
             api_key=key,
