@@ -153,6 +153,35 @@ def test_replay_without_recorded_descriptions_never_answers_with_an_agent_turn(
     assert "[DESCRIPTION]" not in out and inv.result.status == "completed"
 
 
+def test_a_backbone_that_fails_for_good_fails_its_unit_and_the_run_goes_on(
+    with_thirdparty, keys, tmp_path
+):
+    # unit 0: two 500s exhaust its attempts; unit 1: answered
+    script = [error(500, "overloaded upstream"), error(500, "overloaded upstream"), reply(FINAL)]
+    with FakeProvider("anthropic", script) as fp:
+        invs = run(
+            toynet_config(
+                tmp_path,
+                units="conv2=0,1",
+                backbone="claude",
+                base_url=fp.base_url,
+                backbone_options={"max_attempts": "2", "retry_base_delay": "0.01"},
+                reporters=["json", "html"],
+                sandbox="none",
+            )
+        )
+    assert [i.result.status for i in invs] == ["failed", "completed"]
+    reason = "claude failed after 2 attempt(s); last error: Anthropic at"
+    saved = json.loads((invs[0].out_dir / "result.json").read_text())
+    assert (
+        saved["status"] == "failed"
+        and reason in saved["error"]
+        and "500: api_error: overloaded upstream" in saved["error"]
+    )
+    index = (tmp_path / "results" / "index.html").read_text()
+    assert "BackboneError: " + reason in index
+
+
 def test_budget_stops_starting_new_units(with_thirdparty, keys, tmp_path, capsys):
     # every unit costs $2: one million input tokens at $2 per million
     with FakeProvider(

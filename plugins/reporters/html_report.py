@@ -240,11 +240,13 @@ def render_index(results: Path) -> str:
         link = "/".join(quote(p) for p in (d / "report.html").relative_to(results).parts)
         status = html.escape(str(row.get("status")))
         cost = (row.get("usage") or {}).get("cost_usd")
+        # A failed unit has no label; its row says why it failed instead.
+        label = row.get("label") or (row.get("error") if row.get("status") == "failed" else "")
         body_rows.append(
             "<tr>"
             f"<td>{img}</td><td>{html.escape(str(row.get('backbone')))}</td><td>{html.escape(str(row.get('target')))}</td>"
             f'<td>{html.escape(str(row.get("layer")))}</td><td><a href="{link}">{html.escape(str(row.get("unit")))}</a></td>'
-            f'<td><span class="badge {status}">{status}</span></td><td>{html.escape(str(row.get("label") or ""))}</td>'
+            f'<td><span class="badge {status}">{status}</span></td><td>{html.escape(str(label or ""))}</td>'
             f"<td>{row.get('rounds', '')}</td><td>{_fmt_cost(cost)}</td>"
             "</tr>"
         )
