@@ -86,7 +86,7 @@ def test_hand_registered_plugin_and_tool_selection():
         chosen = plugins.select_tools(None)
         assert chosen["text2image"].name == "plain-t2i"
         assert plugins.select_tools(["text2image=fancy-t2i"])["text2image"].name == "fancy-t2i"
-        with pytest.raises(UserError, match=r"Unknown tool 'nope'.*Known: describe_images, display, summarize_images, text2image"):
+        with pytest.raises(UserError, match=r"Unknown tool 'nope'.*Known: (.*, )?display, (.*, )?text2image\."):
             plugins.select_tools(["nope"])
         with pytest.raises(UserError, match="Known: fancy-t2i, plain-t2i"):
             plugins.select_tools(["text2image=other"])
