@@ -24,3 +24,8 @@ class UserError(Exception):
 
 class BackboneError(Exception):
     """A backbone failed for good (after its retries). The unit is marked failed; others go on."""
+
+
+class ToolError(Exception):
+    """A tool's answer to bad use or a missing resource: the agent sees the message and its
+    own lines of code, not the tool's internals."""

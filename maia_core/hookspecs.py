@@ -61,5 +61,14 @@ def register_reporters(register):
 
 
 @hookspec
+def register_datasets(register):
+    """Register datasets: ``register(name, factory, help=...)``; spec ``name`` or ``name:arg``.
+
+    ``factory(arg, **options)`` returns a :class:`maia_core.dataset.Dataset`. Datasets feed
+    ``maia exemplars compute`` and anything else that needs images with stable ids.
+    """
+
+
+@hookspec
 def register_commands(cli):
     """Add subcommands to the ``maia`` command line. ``cli`` is the root ``typer.Typer`` app."""

@@ -22,7 +22,7 @@ from maia_core import hookspecs
 from maia_core.errors import UserError
 
 ENTRY_POINT_GROUP = "maia"
-KINDS = ("targets", "backbones", "tools", "reporters")
+KINDS = ("targets", "backbones", "tools", "reporters", "datasets")
 
 
 @dataclass
@@ -142,6 +142,7 @@ class _PluginSet:
             "backbones": "--backbone",
             "tools": "--tools",
             "reporters": "--reporter",
+            "datasets": "--dataset",
         }[kind]
         registry = Registry(kind, flag)
         caller = getattr(self.pm.hook, f"register_{kind}")
@@ -207,7 +208,7 @@ def register_plugin(plugin: object, name: str | None = None) -> None:
 
 
 def registry(kind: str) -> Registry:
-    """The registry of ``kind``: one of ``targets``, ``backbones``, ``tools``, ``reporters``."""
+    """The registry of ``kind``: ``targets``, ``backbones``, ``tools``, ``reporters`` or ``datasets``."""
     if kind not in KINDS:
         raise ValueError(f"unknown registry kind {kind!r}")
     return get_plugins().registry(kind)

@@ -120,9 +120,32 @@ class Preprocess:
         return img.crop((left, top, left + w, top + h))
 
     def to_tensor(self, views: Sequence[Image.Image]) -> torch.Tensor:
-        arr = np.stack([np.asarray(v, dtype=np.float32) for v in views]) / 255.0
-        arr = (arr - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
-        return torch.from_numpy(arr.transpose(0, 3, 1, 2).copy())
+        """Normalized float32 [B, 3, H, W] from views."""
+        batch = torch.from_numpy(np.stack([np.asarray(v, dtype=np.uint8) for v in views]))
+        return self.normalize(batch.permute(0, 3, 1, 2))
+
+    def normalize(self, batch: torch.Tensor) -> torch.Tensor:
+        """uint8 [B, 3, H, W] on any device -> normalized float32 on the same device."""
+        mean = torch.tensor(self.mean, dtype=torch.float32, device=batch.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, dtype=torch.float32, device=batch.device).view(1, 3, 1, 1)
+        return (batch.float() / 255.0 - mean) / std
+
+    def view_tensor(self, img: torch.Tensor) -> torch.Tensor:
+        """``view`` for a decoded uint8 [3, H, W] tensor, on its own device (the GPU decoding
+        path). Antialiased like PIL, so the two agree to within rounding."""
+        from torchvision.transforms import InterpolationMode
+        from torchvision.transforms.v2 import functional as TF
+
+        h, w = self.size
+        scale_to = math.floor(max(h, w) / self.crop_pct + 1e-6)
+        ih, iw = img.shape[-2:]
+        s = scale_to / min(ih, iw)
+        nh, nw = max(h, round(ih * s)), max(w, round(iw * s))
+        if (nh, nw) != (ih, iw):
+            mode = InterpolationMode[self.interpolation.upper()]
+            img = TF.resize(img, [nh, nw], interpolation=mode, antialias=True)
+        top, left = (nh - h) // 2, (nw - w) // 2
+        return img[:, top : top + h, left : left + w]
 
     def describe(self) -> str:
         h, w = self.size

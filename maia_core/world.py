@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from maia_core import plugins, prompts
-from maia_core.errors import UserError
+from maia_core.errors import ToolError, UserError
 from maia_core.tools import ToolContext, Tools
 from maia_core.transcript import ImagePart, Message, Part, TextPart
 from maia_core.units import LayerInfo, Unit
@@ -287,6 +287,15 @@ def _format_error(exc: BaseException) -> str:
         tb = tb.tb_next
     if isinstance(exc, SyntaxError):
         tb = None
+    elif isinstance(exc, ToolError) and tb is not None:
+        # Keep the agent's frames only: the message says what to do.
+        frames = []
+        while tb is not None and tb.tb_frame.f_code.co_filename.startswith("<cell"):
+            frames.append(tb)
+            tb = tb.tb_next
+        if frames:
+            frames[-1].tb_next = None
+            tb = frames[0]
     return "".join(traceback.format_exception(type(exc), exc, tb)).rstrip()
 
 

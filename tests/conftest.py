@@ -20,10 +20,14 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 MAIA = str(Path(sys.executable).parent / "maia")
 
 
-def maia(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+def maia(
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess:
     """Run the installed ``maia`` command as a user would."""
     full_env = {**os.environ, "COLUMNS": "200", **(env or {})}
-    return subprocess.run([MAIA, *args], capture_output=True, text=True, env=full_env, cwd=cwd, timeout=timeout)
+    return subprocess.run(
+        [MAIA, *args], capture_output=True, text=True, env=full_env, cwd=cwd, timeout=timeout
+    )
 
 
 @pytest.fixture(scope="session")
@@ -36,7 +40,19 @@ def thirdparty(tmp_path_factory) -> Path:
     src = tmp_path_factory.mktemp("src") / "toynet"
     shutil.copytree(ROOT / "tests" / "thirdparty", src)
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "--no-index", "--target", str(target), str(src)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "--target",
+            str(target),
+            str(src),
+        ],
         check=True,
         capture_output=True,
     )
@@ -45,7 +61,9 @@ def thirdparty(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def thirdparty_env(thirdparty) -> dict[str, str]:
-    return {"PYTHONPATH": os.pathsep.join(filter(None, [str(thirdparty), os.environ.get("PYTHONPATH")]))}
+    return {
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(thirdparty), os.environ.get("PYTHONPATH")]))
+    }
 
 
 @pytest.fixture
@@ -54,7 +72,9 @@ def with_thirdparty(thirdparty, monkeypatch):
     from maia_core import plugins
 
     monkeypatch.syspath_prepend(str(thirdparty))
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(thirdparty), os.environ.get("PYTHONPATH")])))
+    monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join(filter(None, [str(thirdparty), os.environ.get("PYTHONPATH")]))
+    )
     plugins.reset_plugins()
     yield thirdparty
     plugins.reset_plugins()
@@ -66,9 +86,35 @@ def photos():
     from PIL import Image
     from skimage import data
 
-    return {name: Image.fromarray(getattr(data, name)()).convert("RGB") for name in ("chelsea", "coffee", "astronaut", "rocket")}
+    return {
+        name: Image.fromarray(getattr(data, name)()).convert("RGB")
+        for name in ("chelsea", "coffee", "astronaut", "rocket")
+    }
 
 
 def write_replay(path: Path, turns: list[str]) -> Path:
     path.write_text(json.dumps(turns))
     return path
+
+
+def make_photo_folder(
+    folder: Path, photos, n: int = 22, seed: int = 0, broken: bool = True
+) -> Path:
+    """Crops of real photos as JPEGs (and, with ``broken``, one file that is not an image)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    names = sorted(photos)
+    for i in range(n):
+        img = photos[names[i % len(names)]]
+        w, h = img.size
+        s = rng.uniform(0.4, 1.0)
+        cw, ch = int(w * s), int(h * s)
+        x, y = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+        img.crop((x, y, x + cw, y + ch)).resize((160, 160)).save(
+            folder / f"img{i:03d}.jpg", quality=92
+        )
+    if broken:
+        (folder / "img007b.jpg").write_bytes(b"this is not a jpeg")
+    return folder

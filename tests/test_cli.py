@@ -6,19 +6,48 @@ import json
 
 import pytest
 
-from conftest import FIXTURES, maia, write_replay
+from conftest import FIXTURES, maia, make_photo_folder, write_replay
 
 FIXTURE = FIXTURES / "replay_efficientnet.json"
 
 
 def run_args(results, *extra, units="blocks.6=0-2", backbone=f"replay:{FIXTURE}"):
-    return ["run", "--target", "efficientnet_lite0", "--units", units, "--backbone", backbone, "--results", str(results), *extra]
+    return [
+        "run",
+        "--target",
+        "efficientnet_lite0",
+        "--units",
+        units,
+        "--backbone",
+        backbone,
+        "--results",
+        str(results),
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="module")
-def first_run(tmp_path_factory):
-    results = tmp_path_factory.mktemp("first") / "results"
-    out = maia(*run_args(results))
+def first_run(tmp_path_factory, photos):
+    """The README's first run, after computing exemplars over a folder of photos."""
+    tmp = tmp_path_factory.mktemp("first")
+    folder = make_photo_folder(tmp / "photos", photos)
+    computed = maia(
+        "exemplars",
+        "compute",
+        "--target",
+        "efficientnet_lite0",
+        "--dataset",
+        f"imagefolder:{folder}",
+        "--layers",
+        "blocks.6",
+        "--exemplars",
+        str(tmp / "exemplars"),
+        "--workers",
+        "0",
+    )
+    assert computed.returncode == 0, computed.stderr
+    results = tmp / "results"
+    out = maia(*run_args(results, "--exemplars", str(tmp / "exemplars")))
     return results, out
 
 
@@ -27,15 +56,32 @@ def test_first_offline_run_writes_every_report(first_run):
     assert out.returncode == 0, out.stderr
     for unit in (0, 1, 2):
         d = results / "replay" / "efficientnet_lite0" / "blocks.6" / str(unit)
-        for name in ("report.html", "history.json", "result.json", "description.txt", "label.txt", "thumb.jpg"):
+        for name in (
+            "report.html",
+            "history.json",
+            "result.json",
+            "description.txt",
+            "label.txt",
+            "thumb.jpg",
+        ):
             assert (d / name).is_file(), f"{d / name} missing"
         result = json.loads((d / "result.json").read_text())
-        assert result["status"] == "completed" and result["unit"] == unit and result["rounds"] == 3
+        assert result["status"] == "completed" and result["unit"] == unit and result["rounds"] == 4
+        assert result["threshold"].startswith("dataset threshold")
         assert (d / "label.txt").read_text().strip() == result["label"]
         history = json.loads((d / "history.json").read_text())
         texts = "\n".join(p.get("text", "") for m in history["messages"] for p in m["parts"])
+        outputs = "\n".join(
+            p.get("text", "")
+            for m in history["messages"]
+            if m["role"] == "user"
+            for p in m["parts"]
+        )
+        assert outputs.count("exemplar: activation") == 15
         assert "chelsea: activation" in texts and "control activations:" in texts
-        assert sum(p["type"] == "image" for m in history["messages"] for p in m["parts"]) == 5
+        assert sum(p["type"] == "image" for m in history["messages"] for p in m["parts"]) == 15 + 5
+        report = (d / "report.html").read_text()
+        assert report.count("<img") == 20 and report.count("<figcaption>exemplar: activation") == 15
     index = (results / "index.html").read_text()
     assert index.count('href="replay/efficientnet_lite0/blocks.6/') == 3
     assert "maia run summary" in out.stdout and "completed" in out.stdout
@@ -50,7 +96,9 @@ def test_rerun_skips_completed_units_and_force_redoes_them(first_run):
     assert (results / "replay/efficientnet_lite0/blocks.6/1/result.json").read_text() == before
     out = maia(*run_args(results, "--force", units="blocks.6=1"))
     assert out.returncode == 0 and "skipped" not in out.stdout
-    assert json.loads((results / "replay/efficientnet_lite0/blocks.6/1/result.json").read_text())["started_at"]
+    assert json.loads((results / "replay/efficientnet_lite0/blocks.6/1/result.json").read_text())[
+        "started_at"
+    ]
 
 
 def test_chunk_random_and_unit_file(tmp_path):
@@ -58,8 +106,23 @@ def test_chunk_random_and_unit_file(tmp_path):
     unit_file = tmp_path / "units.json"
     unit_file.write_text(json.dumps({"blocks.6": [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]}))
     out = maia(
-        "run", "--target", "efficientnet_lite0", "--unit-file", str(unit_file), "--random", "4", "--seed", "3",
-        "--chunk", "1/2", "--backbone", f"replay:{turns}", "--results", str(tmp_path / "r"), "--reporter", "json",
+        "run",
+        "--target",
+        "efficientnet_lite0",
+        "--unit-file",
+        str(unit_file),
+        "--random",
+        "4",
+        "--seed",
+        "3",
+        "--chunk",
+        "1/2",
+        "--backbone",
+        f"replay:{turns}",
+        "--results",
+        str(tmp_path / "r"),
+        "--reporter",
+        "json",
     )
     assert out.returncode == 0, out.stderr
     done = sorted(int(p.parent.name) for p in (tmp_path / "r").rglob("result.json"))
@@ -73,13 +136,28 @@ def test_chunk_random_and_unit_file(tmp_path):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--target", "nonet"], "Unknown target 'nonet' for --target. Known: clip-RN50, dino_vits8, efficientnet_lite0"),
-        (["--backbone", "gtp-4o"], "Unknown backbone 'gtp-4o' for --backbone. Known: claude (claude-*)"),
+        (
+            ["--target", "nonet"],
+            "Unknown target 'nonet' for --target. Known: clip-RN50, dino_vits8, efficientnet_lite0",
+        ),
+        (
+            ["--backbone", "gtp-4o"],
+            "Unknown backbone 'gtp-4o' for --backbone. Known: claude (claude-*)",
+        ),
         (["--tools", "teleport"], "Unknown tool 'teleport' for --tools. Known: "),
         (["--units", "blocks.6=x"], "Malformed unit spec 'blocks.6=x'"),
-        (["--units", "blocks.99=0"], "Unknown layer 'blocks.99' for target efficientnet_lite0. Valid layers: conv_stem"),
-        (["--units", "blocks.6=320"], "Unit 320 is out of range for layer 'blocks.6' of efficientnet_lite0, which has 320 units (0-319)"),
-        (["--backbone", "replay:/no/such/file.json"], "Replay file '/no/such/file.json' does not exist"),
+        (
+            ["--units", "blocks.99=0"],
+            "Unknown layer 'blocks.99' for target efficientnet_lite0. Valid layers: conv_stem",
+        ),
+        (
+            ["--units", "blocks.6=320"],
+            "Unit 320 is out of range for layer 'blocks.6' of efficientnet_lite0, which has 320 units (0-319)",
+        ),
+        (
+            ["--backbone", "replay:/no/such/file.json"],
+            "Replay file '/no/such/file.json' does not exist",
+        ),
         (["--target-option", "colour"], "Malformed --target-option 'colour'"),
         (["--chunk", "2/2"], "Malformed --chunk '2/2'"),
         (["--memory-limit", "heaps"], "Malformed --memory-limit 'heaps'"),
@@ -87,7 +165,12 @@ def test_chunk_random_and_unit_file(tmp_path):
     ],
 )
 def test_bad_input_gets_one_line_and_exit_2(tmp_path, args, message):
-    base = {"--target": "efficientnet_lite0", "--units": "blocks.6=0", "--backbone": f"replay:{FIXTURE}", "--results": str(tmp_path)}
+    base = {
+        "--target": "efficientnet_lite0",
+        "--units": "blocks.6=0",
+        "--backbone": f"replay:{FIXTURE}",
+        "--results": str(tmp_path),
+    }
     for flag, value in zip(args[::2], args[1::2]):
         base[flag] = value
     out = maia("run", *[x for kv in base.items() for x in kv])
@@ -98,8 +181,19 @@ def test_bad_input_gets_one_line_and_exit_2(tmp_path, args, message):
 
 
 def test_unreadable_unit_file_is_a_one_line_error(tmp_path):
-    out = maia("run", "--target", "efficientnet_lite0", "--unit-file", str(tmp_path / "nope.json"), "--backbone", f"replay:{FIXTURE}")
-    assert out.returncode == 2 and out.stderr.strip() == f"Error: Unit file '{tmp_path / 'nope.json'}' does not exist."
+    out = maia(
+        "run",
+        "--target",
+        "efficientnet_lite0",
+        "--unit-file",
+        str(tmp_path / "nope.json"),
+        "--backbone",
+        f"replay:{FIXTURE}",
+    )
+    assert (
+        out.returncode == 2
+        and out.stderr.strip() == f"Error: Unit file '{tmp_path / 'nope.json'}' does not exist."
+    )
 
 
 def test_units_and_unit_file_are_exclusive(tmp_path):
@@ -118,7 +212,10 @@ def test_report_escapes_agent_and_tool_text(tmp_path):
     hostile = '<script>alert("x")</script>'
     turns = write_replay(
         tmp_path / "t.json",
-        [f"Let me try {hostile}\n```python\nprint('{hostile}')\ntools.display('<img src=x onerror=alert(1)>')\n```", f"[DESCRIPTION]: {hostile}\n[LABEL]: <b>bold</b>"],
+        [
+            f"Let me try {hostile}\n```python\nprint('{hostile}')\ntools.display('<img src=x onerror=alert(1)>')\n```",
+            f"[DESCRIPTION]: {hostile}\n[LABEL]: <b>bold</b>",
+        ],
     )
     out = maia(*run_args(tmp_path / "r", units="blocks.6=0", backbone=f"replay:{turns}"))
     assert out.returncode == 0, out.stderr

@@ -4,7 +4,13 @@ import numpy as np
 from PIL import Image
 
 from maia_core.images import dim_outside, encode_image, sniff_media_type, to_pil
-from maia_core.transcript import ImagePart, Message, TextPart, transcript_from_json, transcript_to_json
+from maia_core.transcript import (
+    ImagePart,
+    Message,
+    TextPart,
+    transcript_from_json,
+    transcript_to_json,
+)
 
 
 def test_messages_round_trip_through_json():

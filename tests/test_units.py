@@ -3,7 +3,16 @@ import json
 import pytest
 
 from maia_core.errors import UserError
-from maia_core.units import LayerInfo, Unit, chunk, expand, parse_chunk, parse_unit_spec, read_unit_file, sample
+from maia_core.units import (
+    LayerInfo,
+    Unit,
+    chunk,
+    expand,
+    parse_chunk,
+    parse_unit_spec,
+    read_unit_file,
+    sample,
+)
 
 LAYERS = {"layer3": LayerInfo("layer3", 1024, (14, 14)), "layer4": LayerInfo("layer4", 2048, (7, 7))}
 

@@ -1,0 +1,1 @@
+"""Built-in datasets: image folders, Hugging Face datasets, and the offline scenes world."""
