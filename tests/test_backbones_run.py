@@ -11,7 +11,7 @@ import pytest
 from fake_providers import FakeProvider, error, reply
 from PIL import Image
 
-from conftest import maia, write_replay
+from conftest import maia, make_photo_folder, write_replay
 from maia_core.describer import Describer
 from maia_core.errors import UserError
 from maia_core.run import RunConfig, make_backbones, run
@@ -229,6 +229,8 @@ def test_budget_needs_prices_for_agent_and_describer(keys, tmp_path):
 
 PHOTOS = (
     "```python\n"
+    "for act, img in tools.dataset_exemplars(system, k=3):\n"
+    "    tools.display(img, f'exemplar {act:.3f}')\n"
     "from skimage import data\n"
     "imgs = [Image.fromarray(data.chelsea()).convert('RGB'), Image.fromarray(data.coffee()).convert('RGB')]\n"
     "acts, masked = system.call_neuron(imgs)\n"
@@ -246,7 +248,21 @@ def unit_dir(results: Path, backbone: str, unit: int = 0) -> Path:
 
 
 @pytest.fixture(scope="module")
-def claude_run(tmp_path_factory):
+def exemplars(tmp_path_factory, photos):
+    """A small exemplar store for blocks.6, so the runs use the exemplar tool too."""
+    from maia_plugins.tools.dataset_exemplars import compute_store
+
+    tmp = tmp_path_factory.mktemp("exemplars")
+    folder = make_photo_folder(tmp / "photos", photos, n=8, broken=False)
+    compute_store(
+        target="efficientnet_lite0", dataset=f"imagefolder:{folder}", layers="blocks.6",
+        root=tmp / "store", workers=0, device="cpu", quiet=True,
+    )
+    return tmp / "store"
+
+
+@pytest.fixture(scope="module")
+def claude_run(tmp_path_factory, exemplars):
     results = tmp_path_factory.mktemp("claude") / "results"
     script = agent_script([PHOTOS, PHOTOS_FINAL], {"input_tokens": 2000, "output_tokens": 100})
     with FakeProvider("anthropic", script) as fp:
@@ -260,6 +276,8 @@ def claude_run(tmp_path_factory):
             "claude",
             "--base-url",
             fp.base_url,
+            "--exemplars",
+            str(exemplars),
             "--results",
             str(results),
             env={"ANTHROPIC_API_KEY": "sk-ant-test"},
@@ -291,14 +309,15 @@ def test_full_run_with_claude_writes_reports_with_tokens_and_cost(claude_run):
         in agent[0]["system"][0]["text"]
     )
     # the displayed masks reached the agent as image blocks
-    assert sum(block["type"] == "image" for block in agent[1]["messages"][-1]["content"]) == 2
+    assert sum(block["type"] == "image" for block in agent[1]["messages"][-1]["content"]) == 3 + 2
+    assert result["threshold"].startswith("dataset threshold")
     history = json.loads((d / "history.json").read_text())
     result_text = "".join(p.get("text", "") for p in history["messages"][3]["parts"])
     assert '"chelsea", HIGHLIGHTED REGIONS: a red square on grey' in result_text
     assert "maia run summary" in out.stdout and f"{usage['cost_usd']:.4f}" in out.stdout
 
 
-def test_replaying_a_claude_run_reproduces_it_offline(claude_run, tmp_path):
+def test_replaying_a_claude_run_reproduces_it_offline(claude_run, exemplars, tmp_path):
     results, out, _ = claude_run
     assert out.returncode == 0, out.stderr
     again = maia(
@@ -309,6 +328,8 @@ def test_replaying_a_claude_run_reproduces_it_offline(claude_run, tmp_path):
         "blocks.6=0",
         "--backbone",
         f"replay:{results / 'claude' / 'efficientnet_lite0'}",
+        "--exemplars",
+        str(exemplars),
         "--results",
         str(tmp_path),
         "--reporter",
@@ -321,7 +342,7 @@ def test_replaying_a_claude_run_reproduces_it_offline(claude_run, tmp_path):
     assert texts == [[p.get("text") for p in m["parts"]] for m in replayed["messages"][2:]]
 
 
-def test_full_run_with_openai_and_a_local_describer_within_a_budget(tmp_path):
+def test_full_run_with_openai_and_a_local_describer_within_a_budget(exemplars, tmp_path):
     prices = tmp_path / "prices.json"
     prices.write_text(json.dumps({"qwen3-vl": {"input": 0, "output": 0}}))
     script = agent_script([PHOTOS, PHOTOS_FINAL], {"input_tokens": 4000, "output_tokens": 200})
@@ -346,6 +367,8 @@ def test_full_run_with_openai_and_a_local_describer_within_a_budget(tmp_path):
             "0.01",
             "--price-file",
             str(prices),
+            "--exemplars",
+            str(exemplars),
             "--results",
             str(tmp_path / "r"),
             env={"OPENAI_API_KEY": "sk-openai-test"},
