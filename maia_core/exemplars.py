@@ -242,22 +242,59 @@ def _collate(batch: list[tuple[int, Any]]) -> tuple[list[int], list[Any], list[i
 def _to_batch(
     items: list[Any], preprocess: Any, device: torch.device
 ) -> tuple[torch.Tensor, list[int]]:
-    """Normalized [B, 3, H, W] on ``device``; positions (in ``items``) that failed to decode."""
-    views, failed = [], []
-    for pos, (kind, data) in enumerate(items):
-        if kind == "view":
-            views.append(torch.from_numpy(data).to(device, non_blocking=True).permute(2, 0, 1))
-            continue
-        try:
-            from torchvision.io import ImageReadMode, decode_jpeg
+    """Normalized [B, 3, H, W] on ``device``; positions (in ``items``) that could not be decoded.
 
-            img = decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
-            views.append(preprocess.view_tensor(img))
-        except RuntimeError:
-            failed.append(pos)
-    if not views:
+    Views decoded in the workers travel to the device as one stacked transfer. Encoded JPEGs
+    are decoded on the device in one batched call; a file the device decoder refuses (CMYK,
+    say) falls back to PIL before it counts as unreadable.
+    """
+    views: list[torch.Tensor | None] = [None] * len(items)
+    arrays = [(pos, data) for pos, (kind, data) in enumerate(items) if kind == "view"]
+    if arrays:
+        stacked = torch.from_numpy(np.stack([data for _, data in arrays]))
+        if device.type == "cuda":
+            stacked = stacked.pin_memory()
+        stacked = stacked.to(device, non_blocking=True).permute(0, 3, 1, 2)
+        for (pos, _), view in zip(arrays, stacked):
+            views[pos] = view
+    jpegs = [(pos, data) for pos, (kind, data) in enumerate(items) if kind == "jpeg"]
+    if jpegs:
+        for (pos, data), img in zip(jpegs, _decode_jpegs([data for _, data in jpegs], device)):
+            if img is None:
+                img = _decode_with_pil(data, device)
+            if img is not None:
+                views[pos] = preprocess.view_tensor(img)
+    failed = [pos for pos, view in enumerate(views) if view is None]
+    kept = [view for view in views if view is not None]
+    if not kept:
         return torch.empty(0, 3, *preprocess.size, device=device), failed
-    return preprocess.normalize(torch.stack(views)), failed
+    return preprocess.normalize(torch.stack(kept)), failed
+
+
+def _decode_jpegs(blobs: list[torch.Tensor], device: torch.device) -> list[torch.Tensor | None]:
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    try:
+        return list(decode_jpeg(blobs, mode=ImageReadMode.RGB, device=device))
+    except RuntimeError:  # one bad file fails the whole batch: find it
+        out: list[torch.Tensor | None] = []
+        for blob in blobs:
+            try:
+                out.append(decode_jpeg(blob, mode=ImageReadMode.RGB, device=device))
+            except RuntimeError:
+                out.append(None)
+        return out
+
+
+def _decode_with_pil(blob: torch.Tensor, device: torch.device) -> torch.Tensor | None:
+    import io
+
+    try:
+        with Image.open(io.BytesIO(blob.numpy().tobytes())) as img:
+            arr = np.array(img.convert("RGB"))
+    except (OSError, ValueError):
+        return None
+    return torch.from_numpy(arr).permute(2, 0, 1).to(device)
 
 
 class ExemplarComputation:
