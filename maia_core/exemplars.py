@@ -44,7 +44,7 @@ from PIL import Image
 
 from maia_core.errors import UserError
 from maia_core.files import atomic_write_bytes, atomic_write_json, slug
-from maia_core.images import DIM_OUTSIDE
+from maia_core.images import dim_outside
 
 FORMAT = "maia-exemplars/1"
 QUANTILE = 0.99
@@ -658,7 +658,7 @@ class ExemplarStore:
                 mask = render_mask(ex.maps[n], (view.height, view.width), ex.threshold)
             else:
                 mask = np.ones((view.height, view.width), dtype=bool)
-            out.append((value, dim(view, mask)))
+            out.append((value, dim_outside(view, mask)))
         return out
 
 
@@ -667,12 +667,6 @@ def render_mask(unit_map: torch.Tensor, size: tuple[int, int], threshold: float)
     from maia_core.torch_target import upsample
 
     return (upsample(unit_map.float(), size) > threshold).numpy()
-
-
-def dim(view: Image.Image, mask: np.ndarray) -> Image.Image:
-    arr = np.asarray(view, dtype=np.float32)
-    weight = np.where(mask, np.float32(1.0), np.float32(DIM_OUTSIDE))[..., None]
-    return Image.fromarray((arr * weight).round().astype(np.uint8))
 
 
 def find_store(root: str | Path, target: str, dataset: str | None = None) -> ExemplarStore | None:

@@ -124,7 +124,7 @@ def dim_outside(img: Image.Image, mask: np.ndarray, factor: float = DIM_OUTSIDE)
     arr = np.asarray(img.convert("RGB"), dtype=np.float32)
     if mask.shape != arr.shape[:2]:
         raise ValueError(f"mask {mask.shape} does not match image {arr.shape[:2]}")
-    weight = np.where(mask, 1.0, factor).astype(np.float32)[..., None]
+    weight = np.where(mask, np.float32(1.0), np.float32(factor))[..., None]
     return Image.fromarray((arr * weight).round().astype(np.uint8))
 
 

@@ -29,7 +29,7 @@ from PIL import Image
 
 from maia_core.basis import Basis
 from maia_core.errors import UserError
-from maia_core.images import DIM_OUTSIDE, to_pil_list
+from maia_core.images import dim_outside, to_pil_list
 from maia_core.target import Target
 from maia_core.units import LayerInfo, Unit
 
@@ -632,12 +632,7 @@ def unit_masks(
 
 def apply_masks(views: Sequence[Image.Image], masks: np.ndarray) -> list[Image.Image]:
     """Keep each view where its mask is true and dim the rest to 25%."""
-    out = []
-    for view, mask in zip(views, masks):
-        arr = np.asarray(view, dtype=np.float32)
-        weight = np.where(mask, np.float32(1.0), np.float32(DIM_OUTSIDE))[..., None]
-        out.append(Image.fromarray((arr * weight).round().astype(np.uint8)))
-    return out
+    return [dim_outside(view, mask) for view, mask in zip(views, masks)]
 
 
 def mask_image(
