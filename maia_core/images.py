@@ -11,8 +11,6 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from maia_core.errors import UserError
-
 # Masked images keep the unit's region and dim the rest to this fraction (as in MAIA).
 DIM_OUTSIDE = 0.25
 
@@ -126,10 +124,3 @@ def dim_outside(img: Image.Image, mask: np.ndarray, factor: float = DIM_OUTSIDE)
         raise ValueError(f"mask {mask.shape} does not match image {arr.shape[:2]}")
     weight = np.where(mask, np.float32(1.0), np.float32(factor))[..., None]
     return Image.fromarray((arr * weight).round().astype(np.uint8))
-
-
-def image_from_file(path: str | Path) -> Image.Image:
-    try:
-        return Image.open(path).convert("RGB")
-    except OSError as exc:
-        raise UserError(f"Cannot read image {str(path)!r}: {exc}.") from exc

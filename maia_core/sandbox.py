@@ -27,7 +27,6 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, Protocol
 
-from maia_core import prompts
 from maia_core.errors import UserError
 from maia_core.transcript import Message, TextPart
 from maia_core.units import LayerInfo, Unit
@@ -379,7 +378,3 @@ def make_sandbox(kind: str, spec: WorldSpec, **kwargs: Any) -> Sandbox:
     raise UserError(
         f"Unknown --sandbox {kind!r}. Use process (isolated worker) or none (in this process)."
     )
-
-
-def restart_message(result: CellResult) -> str | None:
-    return prompts.restart_note(result.restarted) if result.restarted else None

@@ -185,11 +185,6 @@ def hf_cache_dir() -> str:
         return "~/.cache/huggingface/hub"
 
 
-def weights_cache_hint() -> str:
-    """Where pretrained weights are looked for, for error messages."""
-    return f"the Hugging Face cache {hf_cache_dir()} and the torch hub cache {torch.hub.get_dir()}"
-
-
 def imagenet_class_names() -> list[str]:
     """The 1000 ImageNet-1k class names, short form ("tench", "goldfish", ...), offline."""
     from torchvision.models import ResNet50_Weights
