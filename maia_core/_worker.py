@@ -14,7 +14,7 @@ from multiprocessing.connection import Connection
 
 from maia_core.errors import UserError
 from maia_core.transcript import TextPart
-from maia_core.world import CellResult, CellTimeout, World, load_world
+from maia_core.world import CellResult, CellTimeout, World
 
 _in_cell = False
 
@@ -41,7 +41,7 @@ def serve(conn: Connection) -> None:
         return value
 
     try:
-        world: World = load_world(spec, ask_backbone)
+        world: World = World(spec, ask_backbone)
         world.cell_timeout = cell_timeout
     except UserError as exc:
         conn.send(("user_error", exc.message))

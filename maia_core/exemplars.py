@@ -44,7 +44,7 @@ from PIL import Image
 
 from maia_core.errors import UserError
 from maia_core.files import atomic_write_bytes, atomic_write_json, slug
-from maia_core.images import dim_outside
+from maia_core.images import dim_outside, encode_image
 
 FORMAT = "maia-exemplars/1"
 QUANTILE = 0.99
@@ -463,8 +463,7 @@ class ExemplarComputation:
                 path = self.out / "images" / f"{i}.jpg"
                 if not path.exists():
                     view = self.target.preprocess.view(self.dataset.image(i))
-                    buf = _jpeg(view)
-                    atomic_write_bytes(path, buf)
+                    atomic_write_bytes(path, encode_image(view)[0])
         manifest = {
             "format": FORMAT,
             "target": {"spec": self.target.name, "description": self.target.describe()},
@@ -492,14 +491,6 @@ class ExemplarComputation:
             "skipped_indices": self.skipped[:20],
             "layers": list(layers_meta),
         }
-
-
-def _jpeg(img: Image.Image, quality: int = 90) -> bytes:
-    import io
-
-    buf = io.BytesIO()
-    img.convert("RGB").save(buf, format="JPEG", quality=quality)
-    return buf.getvalue()
 
 
 def preprocess_json(preprocess: Any) -> dict[str, Any]:

@@ -30,7 +30,7 @@ from typing import Any, Protocol
 from maia_core.errors import UserError
 from maia_core.transcript import Message, TextPart
 from maia_core.units import LayerInfo, Unit
-from maia_core.world import CellResult, UnitSetup, World, WorldSpec, load_world
+from maia_core.world import CellResult, UnitSetup, World, WorldSpec
 
 DEFAULT_CELL_TIMEOUT = 120.0
 # How long an interrupted cell gets to stop by itself before the worker is killed.
@@ -155,7 +155,7 @@ class InProcessSandbox:
 
     def start(self) -> None:
         if self.world is None:
-            self.world = load_world(self.spec, self.ask_backbone)
+            self.world = World(self.spec, self.ask_backbone)
             self.world.cell_timeout = self.cell_timeout
 
     def layer_infos(

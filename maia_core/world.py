@@ -322,7 +322,3 @@ def load_target(spec: WorldSpec) -> Any:
             "Install the extra that provides it, e.g. pip install 'maia[torch]'."
         ) from exc
     return target
-
-
-def load_world(spec: WorldSpec, ask_backbone: Callable[[list[Message]], str]) -> World:
-    return World(spec, ask_backbone)

@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+import io
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,7 @@ from PIL import Image
 
 from maia_core import hookimpl
 from maia_core.errors import ToolError, UserError
+from maia_core.files import atomic_write_bytes
 from maia_core.options import reject_unknown
 from maia_core.tools import ToolContext
 
@@ -255,10 +258,6 @@ def register_commands(cli):
         title = f"{target} {layer} unit {unit}: {'least' if bottom else 'most'} activating of {store.dataset_spec}"
         sheet = grid(store.masked(layer, unit, bottom=bottom, k=k), title=title)
         path = out or Path(f"exemplars-{slug(layer)}-{unit}{'-bottom' if bottom else ''}.png")
-        import io
-
-        from maia_core.files import atomic_write_bytes
-
         buf = io.BytesIO()
         sheet.save(buf, format="PNG")
         atomic_write_bytes(path, buf.getvalue())
@@ -368,10 +367,10 @@ def compute_store(
         task = progress.add_task(
             f"exemplars of {target} on {data.name}", total=job.n, completed=job.next_index, rate=""
         )
-        started, first = __import__("time").monotonic(), job.next_index
+        started, first = time.monotonic(), job.next_index
 
         def update(done: int, total: int) -> None:
-            elapsed = __import__("time").monotonic() - started
+            elapsed = time.monotonic() - started
             rate = f"{(done - first) / elapsed:.1f} images/s" if elapsed > 0 else ""
             progress.update(task, completed=done, rate=rate)
 
