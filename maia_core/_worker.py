@@ -1,8 +1,9 @@
 """The sandbox worker process: ``python -m maia_core._worker FD``.
 
-It talks to the main process over the socket FD with pickled tuples. Its environment holds
-no secrets; tools that need a backbone send a ``("backbone", messages)`` request and wait
-for the main process to answer.
+It talks to the main process over the socket FD with data-only messages
+(:mod:`maia_core.execution.channel`): the main process, which holds the API keys, never
+unpickles anything this process sends. Its environment holds no secrets; tools that need a
+backbone send a ``backbone`` request and wait for the main process to answer.
 """
 
 from __future__ import annotations
@@ -10,11 +11,12 @@ from __future__ import annotations
 import signal
 import sys
 import traceback
-from multiprocessing.connection import Connection
 
 from maia_core.errors import UserError
+from maia_core.execution import wire
+from maia_core.execution.channel import Channel, ChannelClosed
 from maia_core.transcript import TextPart
-from maia_core.world import CellResult, CellTimeout, World
+from maia_core.world import CellResult, CellTimeout, World, WorldSpec
 
 _in_cell = False
 
@@ -26,64 +28,72 @@ def _on_sigint(signum, frame):
         raise CellTimeout()
 
 
-def serve(conn: Connection) -> None:
+def _spec(d: dict) -> WorldSpec:
+    spec = WorldSpec(**d)
+    spec.bases = [tuple(b) for b in spec.bases]
+    return spec
+
+
+def serve(conn: Channel) -> None:
     global _in_cell
     signal.signal(signal.SIGINT, _on_sigint)
-    kind, spec, cell_timeout = conn.recv()
-    assert kind == "spec"
+    hello = conn.recv()
+    spec, cell_timeout = _spec(hello["spec"]), hello["cell_timeout"]
 
     def ask_backbone(messages):
-        conn.send(("backbone", messages))
-        kind, ok, value = conn.recv()
-        assert kind == "backbone_reply"
-        if not ok:
-            raise RuntimeError(value)
-        return value
+        conn.send({"op": "backbone", "messages": [wire.message_to_wire(m) for m in messages]})
+        reply = conn.recv()
+        if not reply["ok"]:
+            raise RuntimeError(reply["value"])
+        return reply["value"]
 
     try:
         world: World = World(spec, ask_backbone)
         world.cell_timeout = cell_timeout
     except UserError as exc:
-        conn.send(("user_error", exc.message))
+        conn.send({"op": "user_error", "message": exc.message})
         return
     except BaseException:
-        conn.send(("error", traceback.format_exc()))
+        conn.send({"op": "error", "message": traceback.format_exc()})
         return
-    conn.send(("ready", None))
+    conn.send({"op": "ready"})
 
     while True:
         try:
             msg = conn.recv()
-        except EOFError:  # the main process went away
+        except ChannelClosed:  # the main process went away
             return
-        op = msg[0]
+        op = msg["op"]
         try:
             if op == "run":
                 _in_cell = True
                 try:
-                    result = world.run(msg[1])
+                    result = world.run(msg["code"])
                 finally:
                     _in_cell = False
-                conn.send(("result", result))
+                conn.send({"op": "result", "result": wire.cell_to_wire(result)})
             elif op == "begin":
-                conn.send(("ok", world.begin(msg[1])))
+                setup = world.begin(wire.unit_from_wire(msg["unit"]))
+                conn.send({"op": "ok", "value": wire.setup_to_wire(setup)})
             elif op == "layers":
-                conn.send(("ok", world.layer_infos(msg[1], msg[2])))
+                infos = world.layer_infos(msg["names"], msg["all"])
+                conn.send({"op": "ok", "value": [wire.layer_to_wire(i) for i in infos.values()]})
             elif op == "close":
                 world.close()
-                conn.send(("ok", None))
+                conn.send({"op": "ok", "value": None})
                 return
             else:
-                conn.send(("error", f"unknown request {op!r}"))
+                conn.send({"op": "error", "message": f"unknown request {op!r}"})
         except CellTimeout:  # the interrupt landed as the cell was ending; its output is lost
             _in_cell = False
             text = f"TimeoutError: the cell ran longer than its {cell_timeout:g} s limit and was stopped."
-            conn.send(("result", CellResult([TextPart(text, "error")], text)))
+            result = CellResult([TextPart(text, "error")], text)
+            conn.send({"op": "result", "result": wire.cell_to_wire(result)})
         except UserError as exc:
-            conn.send(("user_error", exc.message))
+            conn.send({"op": "user_error", "message": exc.message})
         except Exception:
-            conn.send(("error", traceback.format_exc()))
+            conn.send({"op": "error", "message": traceback.format_exc()})
 
 
 if __name__ == "__main__":
-    serve(Connection(int(sys.argv[1])))
+    serve(Channel.from_fd(int(sys.argv[1])))

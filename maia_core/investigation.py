@@ -169,11 +169,14 @@ class Loop:
         restarts = 0
         for i, code in enumerate(blocks):
             cell = self.sandbox.run_cell(code)
+            if cell.restarted and cell.restarted_before:
+                parts.append(TextPart(prompts.restart_note(cell.restarted), "note"))
             parts.extend(cell.parts)
             seconds += cell.seconds
             if cell.restarted:
                 restarts += 1
-                parts.append(TextPart(prompts.restart_note(cell.restarted), "note"))
+                if not cell.restarted_before:
+                    parts.append(TextPart(prompts.restart_note(cell.restarted), "note"))
             if cell.error:
                 if i + 1 < len(blocks):
                     parts.append(

@@ -18,16 +18,18 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable
-from multiprocessing.connection import Connection
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Protocol
 
 from maia_core.errors import UserError
+from maia_core.execution import wire
+from maia_core.execution.channel import Channel, ChannelClosed
+from maia_core.execution.codec import ProtocolError
 from maia_core.transcript import Message, TextPart
 from maia_core.units import LayerInfo, Unit
 from maia_core.world import CellResult, UnitSetup, World, WorldSpec
@@ -199,7 +201,7 @@ class ProcessSandbox:
         self.memory_limit = memory_limit
         self.log_path = Path(log_path) if log_path else None
         self.proc: subprocess.Popen | None = None
-        self.conn: Connection | None = None
+        self.conn: Channel | None = None
         self.unit: Unit | None = None
         self.restarts = 0
         self._kill_reason: str | None = None
@@ -209,7 +211,7 @@ class ProcessSandbox:
         if self.proc is not None:
             return
         _protect_own_environment()
-        parent, child = socket.socketpair()
+        channel, child = Channel.pair()
         log = subprocess.DEVNULL
         if self.log_path is not None:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -228,10 +230,12 @@ class ProcessSandbox:
             child.close()
             if log is not subprocess.DEVNULL:
                 log.close()
-        self.conn = Connection(parent.detach())
+        self.conn = channel
         self._kill_reason = None
-        self.conn.send(("spec", self.spec, self.cell_timeout))
         try:
+            self.conn.send(
+                {"op": "spec", "spec": asdict(self.spec), "cell_timeout": self.cell_timeout}
+            )
             self._expect("ready")
         except _WorkerGone as exc:
             self._reap()
@@ -272,31 +276,55 @@ class ProcessSandbox:
         return f"the code ended the sandbox process (exit status {code}, as os._exit does)"
 
     # -- protocol ------------------------------------------------------------------------
+    def _send(self, msg: dict[str, Any]) -> None:
+        try:
+            self.conn.send(msg)
+        except ChannelClosed:
+            raise _WorkerGone(self._death()) from None
+
+    def _broken(self, problem: str) -> _WorkerGone:
+        """A worker that breaks the protocol is treated as crashed: nothing it sent is used."""
+        self._kill_reason = f"the sandbox process sent a malformed message ({problem})"
+        self._kill()
+        return _WorkerGone(self._kill_reason)
+
+    def _receive(self) -> dict[str, Any]:
+        try:
+            msg = self.conn.recv()
+        except ChannelClosed:
+            raise _WorkerGone(self._death()) from None
+        except ProtocolError as exc:
+            raise self._broken(str(exc)) from None
+        if not isinstance(msg, dict) or not isinstance(msg.get("op"), str):
+            raise self._broken("not a request")
+        return msg
+
     def _expect(self, kind: str, deadline: float | None = None, watch: bool = False) -> Any:
         interrupted = False
         while True:
-            try:
-                ready = self.conn.poll(_POLL)
-            except (EOFError, OSError):
-                ready = True
-            if ready:
+            if self.conn.poll(_POLL):
+                msg = self._receive()
+                op = msg["op"]
                 try:
-                    msg = self.conn.recv()
-                except (EOFError, OSError):
-                    raise _WorkerGone(self._death()) from None
-                if msg[0] == "backbone":
-                    paused = time.monotonic()
-                    self._answer_backbone(msg[1])
-                    if deadline is not None:  # time spent by the backbone does not count
-                        deadline += time.monotonic() - paused
-                    continue
-                if msg[0] == "user_error":
-                    raise UserError(msg[1])
-                if msg[0] == "error":
-                    raise RuntimeError(f"sandbox worker error:\n{msg[1]}")
-                if msg[0] != kind:
-                    raise RuntimeError(f"sandbox protocol error: expected {kind!r}, got {msg[0]!r}")
-                return msg[1]
+                    if op == "backbone":
+                        paused = time.monotonic()
+                        self._answer_backbone(wire.messages_from_wire(msg.get("messages")))
+                        if deadline is not None:  # time spent by the backbone does not count
+                            deadline += time.monotonic() - paused
+                        continue
+                    if op == "user_error":
+                        raise UserError(wire.field(msg, "message", str, "user_error"))
+                    if op == "error":
+                        raise RuntimeError(
+                            f"sandbox worker error:\n{wire.field(msg, 'message', str, 'error')}"
+                        )
+                    if op != kind:
+                        raise ProtocolError(f"expected {kind!r}, got {op!r}")
+                    if kind == "result":
+                        return wire.cell_from_wire(msg.get("result"))
+                    return msg.get("value")
+                except ProtocolError as exc:
+                    raise self._broken(str(exc)) from None
             if self.proc.poll() is not None:
                 raise _WorkerGone(self._death())
             if watch and self.memory_limit is not None:
@@ -316,15 +344,15 @@ class ProcessSandbox:
 
     def _answer_backbone(self, messages: list[Message]) -> None:
         try:
-            reply = ("backbone_reply", True, self.ask_backbone(messages))
+            reply = {"op": "backbone_reply", "ok": True, "value": self.ask_backbone(messages)}
         except Exception as exc:  # the tool in the worker gets the error, the cell goes on
-            reply = ("backbone_reply", False, f"{type(exc).__name__}: {exc}")
-        self.conn.send(reply)
+            reply = {"op": "backbone_reply", "ok": False, "value": f"{type(exc).__name__}: {exc}"}
+        self._send(reply)
 
-    def _call(self, *request: Any) -> Any:
+    def _call(self, request: dict[str, Any]) -> Any:
         self.start()
-        self.conn.send(request)
         try:
+            self._send(request)
             return self._expect("ok")
         except _WorkerGone as exc:
             self._reap()
@@ -334,36 +362,61 @@ class ProcessSandbox:
     def layer_infos(
         self, names: list[str] | None = None, all: bool = False
     ) -> dict[str, LayerInfo]:
-        return self._call("layers", list(names or []), all)
+        infos = self._call({"op": "layers", "names": list(names or []), "all": all})
+        try:
+            return {i.name: i for i in map(wire.layer_from_wire, wire.need(infos, list, "layers"))}
+        except ProtocolError as exc:
+            raise RuntimeError(f"the sandbox worker answered badly: {exc}") from None
 
     def begin(self, unit: Unit) -> UnitSetup:
         self.unit = unit
-        return self._call("begin", unit)
+        if self.proc is not None and self.proc.poll() is not None:
+            self._reap()  # it died between units (after the last cell, before this unit)
+        setup = self._call({"op": "begin", "unit": wire.unit_to_wire(unit)})
+        try:
+            return wire.setup_from_wire(setup)
+        except ProtocolError as exc:
+            raise RuntimeError(f"the sandbox worker answered badly: {exc}") from None
 
     def run_cell(self, code: str) -> CellResult:
         self.start()
         started = time.monotonic()
-        self.conn.send(("run", code))
-        deadline = None if self.cell_timeout is None else started + self.cell_timeout
+        before = None
         try:
-            return self._expect("result", deadline=deadline, watch=True)
+            self._send({"op": "run", "code": code})
+        except _WorkerGone as exc:
+            # It died while we waited for the backbone (a timer calling os._exit, say): a fresh
+            # worker runs the cell, and the agent is told its variables are gone.
+            before = f"{exc}, between rounds"
+            self._restart()
+            self._send({"op": "run", "code": code})
+        deadline = None if self.cell_timeout is None else time.monotonic() + self.cell_timeout
+        try:
+            result = self._expect("result", deadline=deadline, watch=True)
         except _WorkerGone as exc:
             reason = str(exc)
-        self._reap()
-        self.restarts += 1
-        self.start()
-        if self.unit is not None:
-            self._call("begin", self.unit)
+        else:
+            if before:
+                result.restarted, result.restarted_before = before, True
+            return result
+        self._restart()
         text = f"SandboxError: {reason}. The cell was stopped."
         return CellResult(
             [TextPart(text, "error")], text, time.monotonic() - started, restarted=reason
         )
 
+    def _restart(self) -> None:
+        self._reap()
+        self.restarts += 1
+        self.start()
+        if self.unit is not None:
+            self.begin(self.unit)
+
     def close(self) -> None:
         if self.proc is None:
             return
         try:
-            self.conn.send(("close",))
+            self._send({"op": "close"})
             self._expect("ok", deadline=time.monotonic() + 10)
         except Exception:
             pass

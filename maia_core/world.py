@@ -63,6 +63,8 @@ class CellResult:
     seconds: float = 0.0
     # Set when the sandbox had to be restarted: why, for the note to the agent.
     restarted: str | None = None
+    # The sandbox had died before the cell (between rounds) and the cell ran in a fresh one.
+    restarted_before: bool = False
 
 
 class CellTimeout(BaseException):
