@@ -10,9 +10,9 @@ import typer
 
 from maia_core import plugins
 from maia_core.errors import UserError
-from maia_core.investigation import DEFAULT_MAX_ROUNDS
+from maia_core.execution.sandbox import DEFAULT_CELL_TIMEOUT
+from maia_core.loop.investigation import DEFAULT_MAX_ROUNDS
 from maia_core.options import parse_basis_specs, parse_pairs
-from maia_core.sandbox import DEFAULT_CELL_TIMEOUT
 
 app = typer.Typer(
     help="Automated interpretability of vision models: an agent investigates units by experiment.",
@@ -139,8 +139,8 @@ def run(
     force: bool = typer.Option(False, "--force", help="Re-run units that already completed."),
 ) -> None:
     """Investigate units of a target with a backbone, and write reports."""
-    from maia_core.run import RunConfig
-    from maia_core.run import run as run_units
+    from maia_core.loop.run import RunConfig
+    from maia_core.loop.run import run as run_units
 
     config = RunConfig(
         target=target,
@@ -194,7 +194,7 @@ def layers(
     from rich.console import Console
     from rich.table import Table
 
-    from maia_core.world import WorldSpec, load_target
+    from maia_core.execution.world import WorldSpec, load_target
 
     spec = WorldSpec(
         target=target,

@@ -36,7 +36,7 @@ import torch
 from PIL import Image
 
 from maia_core import plugins
-from maia_core.exemplars import ComputeConfig, ExemplarComputation, _to_batch
+from maia_core.torch_runtime.exemplars import ComputeConfig, ExemplarComputation, _to_batch
 
 
 def make_jpegs(folder: Path, n: int, seed: int = 0) -> None:

@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from maia_core.run import RunConfig, run
+from maia_core.loop.run import RunConfig, run
 
 CELLS = {
     "print": "x = {i}\nprint('round', x)",

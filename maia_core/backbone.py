@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from maia_core.files import slug
-from maia_core.pricing import PriceTable
+from maia_core.providers.pricing import PriceTable
 from maia_core.transcript import Message
 
 

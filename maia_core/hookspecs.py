@@ -56,7 +56,7 @@ def register_tools(register):
 def register_reporters(register):
     """Register reporters: ``register(name, factory, help=..., default=True)``.
 
-    ``factory(results_dir, **options)`` returns a :class:`maia_core.reporter.Reporter`.
+    ``factory(results_dir, **options)`` returns a :class:`maia_core.loop.reporter.Reporter`.
     """
 
 
@@ -66,6 +66,16 @@ def register_datasets(register):
 
     ``factory(arg, **options)`` returns a :class:`maia_core.dataset.Dataset`. Datasets feed
     ``maia exemplars compute`` and anything else that needs images with stable ids.
+    """
+
+
+@hookspec
+def register_detectors(register):
+    """Register detectors: ``register(name, factory, help=...)``.
+
+    ``factory(**options)`` returns a detector (see ``maia_core.torch_runtime.detector``): what
+    scores a concept in an image and says where it is. Synthetic neurons are built on one, and
+    ``--target-option detector=NAME`` swaps it.
     """
 
 

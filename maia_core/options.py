@@ -74,7 +74,7 @@ def target_tuning(options: dict[str, str]) -> dict[str, object]:
 
 
 def parse_basis_specs(specs: Iterable[str]) -> list[tuple[str, str]]:
-    """``["blocks.6=sae.safetensors"]`` -> ``[("blocks.6", "sae.safetensors")]`` (see maia_core.basis)."""
+    """``["blocks.6=sae.safetensors"]`` -> ``[("blocks.6", "sae.safetensors")]`` (see maia_core.torch_runtime.basis)."""
     out = []
     for spec in specs:
         layer, sep, path = spec.partition("=")

@@ -22,7 +22,7 @@ from maia_core import hookspecs
 from maia_core.errors import UserError
 
 ENTRY_POINT_GROUP = "maia"
-KINDS = ("targets", "backbones", "tools", "reporters", "datasets")
+KINDS = ("targets", "backbones", "tools", "reporters", "datasets", "detectors")
 
 
 @dataclass
@@ -143,6 +143,7 @@ class _PluginSet:
             "tools": "--tools",
             "reporters": "--reporter",
             "datasets": "--dataset",
+            "detectors": "--target-option detector",
         }[kind]
         registry = Registry(kind, flag)
         caller = getattr(self.pm.hook, f"register_{kind}")
@@ -167,7 +168,10 @@ class _PluginSet:
                     Entry(kind, name, factory, _p, help or _first_line(factory.__doc__), meta)
                 )
                 info = self.infos.setdefault(_p, PluginInfo(name=_p, module=_p))
-                info.provides.setdefault(kind, []).append(name)
+                shown = name
+                if kind == "tools" and meta["capability"] != name:
+                    shown = f"{meta['capability']}={name}"
+                info.provides.setdefault(kind, []).append(shown)
 
             impl.function(register=register)
         return registry
@@ -208,7 +212,8 @@ def register_plugin(plugin: object, name: str | None = None) -> None:
 
 
 def registry(kind: str) -> Registry:
-    """The registry of ``kind``: ``targets``, ``backbones``, ``tools``, ``reporters`` or ``datasets``."""
+    """The registry of ``kind``: ``targets``, ``backbones``, ``tools``, ``reporters``, ``datasets``
+    or ``detectors``."""
     if kind not in KINDS:
         raise ValueError(f"unknown registry kind {kind!r}")
     return get_plugins().registry(kind)
@@ -244,11 +249,15 @@ def _command_names(cli: Any) -> list[str]:
     return names
 
 
-def select_tools(selection: Iterable[str] | None) -> dict[str, Entry]:
+def select_tools(selection: Iterable[str] | None, device: str | None = None) -> dict[str, Entry]:
     """Pick one implementation per tool capability.
 
     ``selection`` lists capabilities, each optionally ``capability=implementation``; ``None``
-    exposes every registered capability with its default implementation.
+    exposes every registered capability with its default implementation. The default is, in
+    order of ``priority``, the first implementation whose ``available(device)`` says it can run
+    here (FLUX on a CUDA device with its weights cached, say), else the one registered with
+    ``default=True``, else the first. Without a ``device`` (in the main process, which loads no
+    models) availability is not asked.
     """
     reg = registry("tools")
     by_cap: dict[str, list[Entry]] = {}
@@ -256,8 +265,13 @@ def select_tools(selection: Iterable[str] | None) -> dict[str, Entry]:
         by_cap.setdefault(entry.meta["capability"], []).append(entry)
 
     def default(cap: str) -> Entry:
-        impls = by_cap[cap]
-        return next((e for e in impls if e.meta.get("default")), impls[0])
+        impls = sorted(by_cap[cap], key=lambda e: -int(e.meta.get("priority", 0)))
+        if device is not None:
+            for e in impls:
+                available = e.meta.get("available")
+                if available is not None and _available(available, device):
+                    return e
+        return next((e for e in impls if e.meta.get("default")), by_cap[cap][0])
 
     if selection is None:
         return {cap: default(cap) for cap in sorted(by_cap)}
@@ -277,3 +291,13 @@ def select_tools(selection: Iterable[str] | None) -> dict[str, Entry]:
         else:
             chosen[cap] = default(cap)
     return chosen
+
+
+def _available(check: Callable[[str], bool], device: str) -> bool:
+    try:
+        return bool(check(device))
+    except Exception as exc:  # a plugin's check must not break tool selection
+        sys.stderr.write(
+            f"maia: checking a tool's availability failed ({type(exc).__name__}: {exc})\n"
+        )
+        return False

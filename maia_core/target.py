@@ -1,7 +1,7 @@
 """The target interface: a model under study, its layers, and the agent-facing ``system``.
 
 A target plugin registers a factory returning a :class:`Target`. Most targets are PyTorch
-modules and subclass :class:`maia_core.torch_target.TorchTarget`, which implements layers,
+modules and subclass :class:`maia_core.torch_runtime.target.TorchTarget`, which implements layers,
 activation maps and masks once for all of them.
 """
 
@@ -46,7 +46,7 @@ class Target(ABC):
         """
 
     def add_basis(self, basis: Any) -> LayerInfo:
-        """Read a layer through a basis of directions or SAE latents (see maia_core.basis)."""
+        """Read a layer through a basis of directions or SAE latents (see maia_core.torch_runtime.basis)."""
         raise UserError(f"Target {self.name} does not support --basis.")
 
     def describe(self) -> str:

@@ -12,8 +12,8 @@ from fake_providers import FakeProvider, Step, error, reply
 from PIL import Image
 
 from maia_core.errors import BackboneError, UserError
-from maia_core.pricing import PriceTable
-from maia_core.run import make_backbone
+from maia_core.loop.run import make_backbone
+from maia_core.providers.pricing import PriceTable
 from maia_core.transcript import ImagePart, Message, TextPart
 
 ANTHROPIC_KEY = "sk-ant-test-key"

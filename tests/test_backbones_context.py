@@ -11,7 +11,8 @@ import pytest
 from fake_providers import FakeProvider, reply
 from PIL import Image
 
-from maia_core.context import (
+from maia_core.loop.run import make_backbone
+from maia_core.providers.context import (
     IMAGE_PLACEHOLDER,
     ContextFitter,
     anthropic_image_tokens,
@@ -19,8 +20,7 @@ from maia_core.context import (
     openai_patch_tokens,
     openai_tile_tokens,
 )
-from maia_core.retry import RetryPolicy, parse_retry_after
-from maia_core.run import make_backbone
+from maia_core.providers.retry import RetryPolicy, parse_retry_after
 from maia_core.transcript import ImagePart, Message, TextPart
 
 

@@ -12,9 +12,9 @@ from fake_providers import FakeProvider, error, reply
 from PIL import Image
 
 from conftest import maia, make_photo_folder, write_replay
-from maia_core.describer import Describer
 from maia_core.errors import UserError
-from maia_core.run import RunConfig, make_backbones, run
+from maia_core.loop.describer import Describer
+from maia_core.loop.run import RunConfig, make_backbones, run
 from maia_core.tools import ToolContext
 from maia_core.units import Unit
 from maia_plugins.tools.describe import DESCRIBE, SUMMARIZE, SYSTEM, DescribeImages, SummarizeImages
@@ -62,7 +62,7 @@ def keys(monkeypatch):
 def test_describe_and_summarize_ask_the_describer_in_maias_format(keys):
     red = Image.new("RGB", (64, 64), "red")
     with FakeProvider("anthropic", lambda body: describer_answer(body)) as fp:
-        from maia_core.run import make_backbone
+        from maia_core.loop.run import make_backbone
 
         describer = Describer(make_backbone("claude", {"base_url": fp.base_url}))
         describer.begin(Unit("conv2", 3))

@@ -16,7 +16,7 @@ from PIL import Image
 from conftest import MAIA, maia, make_photo_folder, write_replay
 from maia_core import plugins
 from maia_core.errors import ToolError, UserError
-from maia_core.exemplars import (
+from maia_core.torch_runtime.exemplars import (
     ComputeConfig,
     ExemplarComputation,
     ExemplarStore,
@@ -24,7 +24,7 @@ from maia_core.exemplars import (
     quantile_rows,
     threshold_error,
 )
-from maia_core.torch_target import mask_image
+from maia_core.torch_runtime.target import mask_image
 from maia_core.units import Unit
 
 LAYERS = ["blocks.6", "output"]

@@ -10,7 +10,7 @@ import json
 from fake_providers import FakeProvider, reply
 
 from conftest import write_replay
-from maia_core.run import RunConfig, run
+from maia_core.loop.run import RunConfig, run
 
 FINAL = "[DESCRIPTION]: anything\n[LABEL]: anything"
 

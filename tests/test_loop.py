@@ -7,8 +7,8 @@ import json
 import pytest
 
 from conftest import write_replay
-from maia_core.investigation import extract_code, parse_final
-from maia_core.run import RunConfig, run
+from maia_core.loop.investigation import extract_code, parse_final
+from maia_core.loop.run import RunConfig, run
 
 CALL = "```python\nacts, masked = system.call_neuron([Image.new('RGB', (64, 64), 'red')])\ntools.display(masked[0], f'act {acts[0]:.2f}')\n```"
 FINAL = "[DESCRIPTION]: red things\n[LABEL]: red"

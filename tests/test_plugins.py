@@ -79,6 +79,11 @@ def test_hand_registered_plugin_and_tool_selection():
         def register_tools(register):
             register("fancy-t2i", object, capability="text2image")
             register("plain-t2i", object, capability="text2image", default=True)
+            # Preferred where it can run: here, only on a GPU.
+            register(
+                "gpu-t2i", object, capability="text2image", priority=10,
+                available=lambda device: device.startswith("cuda"),
+            )
 
     plugins.reset_plugins()
     try:
@@ -86,12 +91,18 @@ def test_hand_registered_plugin_and_tool_selection():
         chosen = plugins.select_tools(None)
         assert chosen["text2image"].name == "plain-t2i"
         assert plugins.select_tools(["text2image=fancy-t2i"])["text2image"].name == "fancy-t2i"
+        # Where models load, availability decides the default; elsewhere default=True does.
+        assert plugins.select_tools(None, device="cuda:0")["text2image"].name == "gpu-t2i"
+        assert plugins.select_tools(["text2image"], device="cpu")["text2image"].name == "plain-t2i"
         with pytest.raises(UserError, match=r"Unknown tool 'nope'.*Known: (.*, )?display, (.*, )?text2image\."):
             plugins.select_tools(["nope"])
-        with pytest.raises(UserError, match="Known: fancy-t2i, plain-t2i"):
+        with pytest.raises(UserError, match="Known: fancy-t2i, plain-t2i, gpu-t2i"):
             plugins.select_tools(["text2image=other"])
         info = next(i for i in plugins.plugin_infos() if i.name == "t2i-plugin")
-        assert info.provides == {"tools": ["fancy-t2i", "plain-t2i"]}
+        # maia plugins shows each implementation with the capability it serves
+        assert info.provides == {
+            "tools": ["text2image=fancy-t2i", "text2image=plain-t2i", "text2image=gpu-t2i"]
+        }
     finally:
         plugins.reset_plugins()
 

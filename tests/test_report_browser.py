@@ -7,7 +7,7 @@ import shutil
 import pytest
 
 from conftest import write_replay
-from maia_core.run import RunConfig, run
+from maia_core.loop.run import RunConfig, run
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = [

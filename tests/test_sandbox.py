@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from maia_core.sandbox import (
+from maia_core.execution.sandbox import (
     InProcessSandbox,
     ProcessSandbox,
     is_secret,
@@ -14,9 +14,9 @@ from maia_core.sandbox import (
     rss_bytes,
     scrub_env,
 )
+from maia_core.execution.world import WorldSpec
 from maia_core.transcript import ImagePart, TextPart
 from maia_core.units import Unit
-from maia_core.world import WorldSpec
 
 SECRETS = {
     "ANTHROPIC_API_KEY": "sk-ant-test-secret",
@@ -27,7 +27,7 @@ SECRETS = {
     "SOME_VENDOR_KEY": "vendor-test-secret",
 }
 UNIT = Unit("conv2", 1)
-SPEC = WorldSpec(target="toynet", tools={"display": "display", "caption": "caption"}, device="cpu")
+SPEC = WorldSpec(target="toynet", tools=["display", "caption"], device="cpu")
 
 
 def text_of(result) -> str:

@@ -14,7 +14,7 @@ from PIL import Image
 from conftest import FIXTURES, maia
 from maia_core import plugins
 from maia_core.errors import UserError
-from maia_core.torch_target import Preprocess, TorchTarget, as_map, token_grid
+from maia_core.torch_runtime.target import Preprocess, TorchTarget, as_map, token_grid
 from maia_core.units import Unit
 
 ANY_UNIT = FIXTURES / "replay_any_unit.json"
@@ -324,7 +324,7 @@ def write_basis(path, C, K, seed=0, b_dec=True):
 
 
 def test_sae_latents_match_a_hand_computation(tmp_path, photos):
-    from maia_core.basis import Basis
+    from maia_core.torch_runtime.basis import Basis
 
     t = make("efficientnet_lite0")
     tensors = write_basis(tmp_path / "sae.safetensors", 320, 12)
@@ -346,7 +346,7 @@ def test_sae_latents_match_a_hand_computation(tmp_path, photos):
 
 
 def test_bad_basis_files(tmp_path):
-    from maia_core.basis import Basis
+    from maia_core.torch_runtime.basis import Basis
 
     t = make("efficientnet_lite0")
     write_basis(tmp_path / "wrong.safetensors", 100, 4)

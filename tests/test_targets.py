@@ -9,7 +9,7 @@ import torch
 from conftest import maia
 from maia_core import plugins
 from maia_core.errors import UserError
-from maia_core.torch_target import Preprocess, TorchTarget, mask_image, upsample
+from maia_core.torch_runtime.target import Preprocess, TorchTarget, mask_image, upsample
 from maia_core.units import Unit
 
 

@@ -137,11 +137,12 @@ def cell_to_wire(result: Any) -> dict[str, Any]:
         "error": result.error,
         "seconds": float(result.seconds),
         "restarted": result.restarted,
+        "records": result.records,
     }
 
 
 def cell_from_wire(d: Any) -> Any:
-    from maia_core.world import CellResult
+    from maia_core.execution.world import CellResult
 
     seconds = field(d, "seconds", (int, float), "cell result", 0.0)
     return CellResult(
@@ -149,6 +150,7 @@ def cell_from_wire(d: Any) -> Any:
         optional_str(d, "error", "cell result"),
         float(seconds),
         optional_str(d, "restarted", "cell result"),
+        records=[need(r, dict, "record") for r in field(d, "records", list, "cell result", [])],
     )
 
 
@@ -161,7 +163,7 @@ def setup_to_wire(setup: Any) -> dict[str, Any]:
 
 
 def setup_from_wire(d: Any) -> Any:
-    from maia_core.world import UnitSetup
+    from maia_core.execution.world import UnitSetup
 
     return UnitSetup(
         field(d, "api", str, "unit setup"),

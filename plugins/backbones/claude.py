@@ -9,11 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 from maia_core import hookimpl
-from maia_core.context import ImageTokens, anthropic_image_tokens
 from maia_core.options import as_bool
-from maia_core.transcript import ImagePart, Message
-
-from .common import (
+from maia_core.providers.api import (
     Answer,
     ApiBackbone,
     ApiOptions,
@@ -24,6 +21,8 @@ from .common import (
     require_key,
     split_system,
 )
+from maia_core.providers.context import ImageTokens, anthropic_image_tokens
+from maia_core.transcript import ImagePart, Message
 
 #: the current Sonnet; change it with claude:<model-id>
 DEFAULT_MODEL = "claude-sonnet-5-5"

@@ -14,12 +14,9 @@ from __future__ import annotations
 from typing import Any
 
 from maia_core import hookimpl
-from maia_core.context import ImageTokens, openai_image_rule
 from maia_core.errors import UserError
 from maia_core.images import data_uri
-from maia_core.transcript import ImagePart, Message
-
-from .common import (
+from maia_core.providers.api import (
     Answer,
     ApiBackbone,
     ApiOptions,
@@ -29,6 +26,8 @@ from .common import (
     require_key,
     split_system,
 )
+from maia_core.providers.context import ImageTokens, openai_image_rule
+from maia_core.transcript import ImagePart, Message
 
 KEY_ENV = "OPENAI_API_KEY"
 LOCAL_BASE_URL = "http://localhost:11434/v1"

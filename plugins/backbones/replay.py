@@ -8,7 +8,7 @@
 
 The n-th reply of an investigation is the n-th recorded assistant turn, so replaying a
 past run re-executes its code against the target and reproduces it. Requests from tools such
-as ``describe_images`` (marked by :mod:`maia_core.describer`) get the recorded describer reply
+as ``describe_images`` (marked by :mod:`maia_core.loop.describer`) get the recorded describer reply
 with the same call number, never an agent turn.
 """
 
@@ -21,9 +21,9 @@ from typing import Any
 
 from maia_core import hookimpl
 from maia_core.backbone import Backbone, Reply
-from maia_core.describer import DESCRIBER_KIND
 from maia_core.errors import BackboneError, UserError
 from maia_core.files import slug
+from maia_core.loop.describer import DESCRIBER_KIND
 from maia_core.options import reject_unknown
 from maia_core.transcript import Message
 

@@ -57,7 +57,7 @@ class HFDataset(Dataset):
             raise UserError(
                 "The hf dataset needs the datasets package: pip install datasets."
             ) from None
-        from maia_core.torch_target import hf_cache_dir, hub_offline_unless_reachable
+        from maia_core.torch_runtime.target import hf_cache_dir, hub_offline_unless_reachable
 
         try:
             with hub_offline_unless_reachable():

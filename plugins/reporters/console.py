@@ -16,8 +16,8 @@ from rich.progress import (
 from rich.table import Table
 
 from maia_core import hookimpl
-from maia_core.investigation import Investigation
-from maia_core.reporter import Reporter
+from maia_core.loop.investigation import Investigation
+from maia_core.loop.reporter import Reporter
 from maia_core.transcript import Message
 
 STYLE = {"completed": "green", "incomplete": "yellow", "failed": "red", "skipped": "dim"}

@@ -22,8 +22,8 @@ from pygments.lexers import PythonLexer
 from maia_core import hookimpl
 from maia_core.files import atomic_write_bytes, atomic_write_text
 from maia_core.images import data_uri, resize_longest
-from maia_core.investigation import Investigation
-from maia_core.reporter import Reporter
+from maia_core.loop.investigation import Investigation
+from maia_core.loop.reporter import Reporter
 from maia_core.transcript import ImagePart, Message, TextPart
 
 THUMB = 112

@@ -11,8 +11,8 @@ from pathlib import Path
 
 from maia_core import __version__, hookimpl
 from maia_core.files import atomic_write_json, atomic_write_text
-from maia_core.investigation import Investigation
-from maia_core.reporter import Reporter
+from maia_core.loop.investigation import Investigation
+from maia_core.loop.reporter import Reporter
 from maia_core.transcript import Message, transcript_to_json
 
 

@@ -72,7 +72,7 @@ def make_efficientnet_lite(
     import timm
     import torch
 
-    from maia_core.torch_target import Preprocess, TorchTarget, imagenet_class_names
+    from maia_core.torch_runtime.target import Preprocess, TorchTarget, imagenet_class_names
 
     module_name, arch, size = VARIANTS[name]
     model = timm.create_model(arch, pretrained=False)

@@ -27,7 +27,7 @@ def register_targets(register):
 
 def preprocess_from_processor(processor):
     """Size, crop, resampling, mean and std from a transformers image processor."""
-    from maia_core.torch_target import IMAGENET_MEAN, IMAGENET_STD, Preprocess
+    from maia_core.torch_runtime.target import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 
     def side(size) -> tuple[int, int] | int | None:
         if size is None:
@@ -85,7 +85,11 @@ def make_hf_target(
         AutoModelForImageClassification,
     )
 
-    from maia_core.torch_target import TorchTarget, hf_cache_dir, hub_offline_unless_reachable
+    from maia_core.torch_runtime.target import (
+        TorchTarget,
+        hf_cache_dir,
+        hub_offline_unless_reachable,
+    )
 
     try:
         with hub_offline_unless_reachable():

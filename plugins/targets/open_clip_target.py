@@ -57,7 +57,7 @@ def make_open_clip_target(
     reject_unknown(options, f"Target {name}", OPTIONS)
     import open_clip
 
-    from maia_core.torch_target import (
+    from maia_core.torch_runtime.target import (
         Preprocess,
         TorchTarget,
         hf_cache_dir,

@@ -9,7 +9,7 @@ maia's own (``batch_size``, ``mask_quantile``, ``channels_last``) and returns on
 - a dict with ``model`` and optionally ``preprocess``, ``class_names``, ``main_layers``,
   ``prefix_tokens`` and ``description``.
 
-``preprocess`` is a ``maia_core.torch_target.Preprocess``, a dict of its fields (``size``,
+``preprocess`` is a ``maia_core.torch_runtime.target.Preprocess``, a dict of its fields (``size``,
 ``crop_pct``, ``interpolation``, ``mean``, ``std``), or a torchvision transform pipeline
 with Resize/CenterCrop/Normalize steps.
 """
@@ -65,7 +65,7 @@ def load_factory(arg: str):
 
 
 def as_preprocess(preprocess):
-    from maia_core.torch_target import Preprocess
+    from maia_core.torch_runtime.target import Preprocess
 
     if preprocess is None:
         return Preprocess()
@@ -83,7 +83,7 @@ def make_python_target(
         raise UserError(f"The python target needs a factory: --target {FORM}.")
     import torch
 
-    from maia_core.torch_target import TorchTarget
+    from maia_core.torch_runtime.target import TorchTarget
 
     factory = load_factory(arg)
     own = {k: v for k, v in options.items() if k not in TARGET_TUNING}

@@ -43,7 +43,7 @@ def make_dino_vits8(arg: str | None, **options: str):
 def class_names_for(model) -> list[str] | None:
     from timm.data import ImageNetInfo, infer_imagenet_subset
 
-    from maia_core.torch_target import imagenet_class_names
+    from maia_core.torch_runtime.target import imagenet_class_names
 
     subset = infer_imagenet_subset(model)
     if subset == "imagenet-1k":
@@ -72,7 +72,7 @@ def make_timm_target(
     import timm
     from timm.data import resolve_data_config
 
-    from maia_core.torch_target import (
+    from maia_core.torch_runtime.target import (
         Preprocess,
         TorchTarget,
         hf_cache_dir,

@@ -65,7 +65,7 @@ def make_torchvision_target(
     import torchvision
     from torchvision.models import get_model, get_model_weights
 
-    from maia_core.torch_target import (
+    from maia_core.torch_runtime.target import (
         Preprocess,
         TorchTarget,
         imagenet_class_names,

@@ -45,7 +45,7 @@ class DatasetExemplars:
 
     def _find(self):
         if self._store is False:
-            from maia_core.exemplars import find_store
+            from maia_core.torch_runtime.exemplars import find_store
 
             self._store = find_store(self._root, self._ctx.target.name, self._dataset)
         return self._store
@@ -241,8 +241,8 @@ def register_commands(cli):
         ),
     ) -> None:
         """Render a unit's exemplars, with their activations, as one image."""
-        from maia_core.exemplars import find_store, grid
         from maia_core.files import slug
+        from maia_core.torch_runtime.exemplars import find_store, grid
 
         store = find_store(exemplars, target, dataset)
         if store is None or layer not in store.layers:
@@ -303,9 +303,13 @@ def compute_store(
     )
 
     from maia_core import plugins
-    from maia_core.exemplars import ComputeConfig, ExemplarComputation, default_store_dir
+    from maia_core.execution.world import WorldSpec, load_target
     from maia_core.options import parse_basis_specs, parse_pairs
-    from maia_core.world import WorldSpec, load_target
+    from maia_core.torch_runtime.exemplars import (
+        ComputeConfig,
+        ExemplarComputation,
+        default_store_dir,
+    )
 
     if decode not in ("auto", "pil", "torchvision"):
         raise UserError(f"Unknown --decode {decode!r}. Use auto, pil or torchvision.")

@@ -64,8 +64,8 @@ def import_maia_folder(
     import torch
     from safetensors.torch import save
 
-    from maia_core.exemplars import FORMAT, layer_file, versions
     from maia_core.files import slug
+    from maia_core.torch_runtime.exemplars import FORMAT, layer_file, versions
 
     folder = Path(folder)
     layer_dirs = find_layer_dirs(folder, target)

@@ -20,7 +20,7 @@ def make_toynet(arg, *, device="auto", precision="fp32", **options):
 
     import torch
 
-    from maia_core.torch_target import Preprocess, TorchTarget
+    from maia_core.torch_runtime.target import Preprocess, TorchTarget
 
     print("toynet loaded", file=sys.stderr)  # the tests count loads in the worker log
     torch.manual_seed(0)

@@ -7,8 +7,8 @@ the order of the steps included, lives here:
 
 1. images are shrunk to ``image_size`` on their longest side and re-encoded compactly
    (cached, since every round resends them);
-2. the transcript is fitted into the context budget (:mod:`maia_core.context`);
-3. the request is sent with retries (:mod:`maia_core.retry`);
+2. the transcript is fitted into the context budget (:mod:`maia_core.providers.context`);
+3. the request is sent with retries (:mod:`maia_core.providers.retry`);
 4. tokens come from the provider's usage fields and cost from the price table.
 """
 
@@ -20,13 +20,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from maia_core.backbone import Backbone, Reply, Usage
-from maia_core.context import ContextFitter, ImageTokens, image_size
-from maia_core.describer import DESCRIBER_KIND
 from maia_core.errors import BackboneError, UserError
 from maia_core.images import decode_image, encode_image, resize_longest, sniff_media_type
+from maia_core.loop.describer import DESCRIBER_KIND
 from maia_core.options import as_bool, as_float, as_int, reject_unknown
-from maia_core.pricing import PriceTable
-from maia_core.retry import Retry, RetryPolicy, call_with_retries, parse_retry_after
+from maia_core.providers.context import ContextFitter, ImageTokens, image_size
+from maia_core.providers.pricing import PriceTable
+from maia_core.providers.retry import Retry, RetryPolicy, call_with_retries, parse_retry_after
 from maia_core.transcript import ImagePart, Message, TextPart
 
 DEFAULT_IMAGE_SIZE = 512

@@ -1,4 +1,4 @@
-"""The sandbox worker process: ``python -m maia_core._worker FD``.
+"""The sandbox worker process: ``python -m maia_core.execution.worker FD``.
 
 It talks to the main process over the socket FD with data-only messages
 (:mod:`maia_core.execution.channel`): the main process, which holds the API keys, never
@@ -15,8 +15,8 @@ import traceback
 from maia_core.errors import UserError
 from maia_core.execution import wire
 from maia_core.execution.channel import Channel, ChannelClosed
+from maia_core.execution.world import CellResult, CellTimeout, World, WorldSpec
 from maia_core.transcript import TextPart
-from maia_core.world import CellResult, CellTimeout, World, WorldSpec
 
 _in_cell = False
 

@@ -2,7 +2,7 @@
 
 Used by ``maia run`` and usable from notebooks::
 
-    from maia_core.run import RunConfig, run
+    from maia_core.loop.run import RunConfig, run
     investigations = run(RunConfig(target="efficientnet_lite0", units="blocks.6=0-2",
                                    backbone="replay:history.json"))
 """
@@ -18,15 +18,15 @@ from pathlib import Path
 from maia_core import plugins
 from maia_core import units as unitspec
 from maia_core.backbone import Backbone
-from maia_core.describer import Describer
 from maia_core.errors import BackboneError, UserError
+from maia_core.execution.sandbox import DEFAULT_CELL_TIMEOUT, make_sandbox, parse_memory
+from maia_core.execution.world import WorldSpec
 from maia_core.files import slug
-from maia_core.investigation import DEFAULT_MAX_ROUNDS, Investigation, Loop, Result
-from maia_core.pricing import PriceTable
-from maia_core.reporter import Reporter, Reporters
-from maia_core.sandbox import DEFAULT_CELL_TIMEOUT, make_sandbox, parse_memory
+from maia_core.loop.describer import Describer
+from maia_core.loop.investigation import DEFAULT_MAX_ROUNDS, Investigation, Loop, Result
+from maia_core.loop.reporter import Reporter, Reporters
+from maia_core.providers.pricing import PriceTable
 from maia_core.units import Unit
-from maia_core.world import WorldSpec
 
 DEFAULT_REPORTERS = ("json", "html", "console")
 
@@ -61,7 +61,7 @@ class RunConfig:
     describer_options: dict[str, str] = field(default_factory=dict)
     # Stop starting new units once this run's estimated spend reaches this many USD.
     budget_usd: float | None = None
-    # JSON or TOML prices that override the built-in table (maia_core.pricing).
+    # JSON or TOML prices that override the built-in table (maia_core.providers.pricing).
     price_file: str | None = None
 
 
@@ -152,7 +152,7 @@ def run(config: RunConfig, reporter: Reporter | None = None) -> list[Investigati
     """Investigate every selected unit; returns the investigations, finished or skipped."""
     wanted = selection(config)
     plugins.registry("targets").resolve(config.target)  # an unknown target fails before any loading
-    tools = plugins.select_tools(config.tools)
+    plugins.select_tools(config.tools)  # unknown tools fail here; defaults resolve where models load
     memory_limit = parse_memory(config.memory_limit)
     results = Path(config.results)
     backbone, describer_backbone = make_backbones(config)
@@ -164,7 +164,7 @@ def run(config: RunConfig, reporter: Reporter | None = None) -> list[Investigati
         target=config.target,
         target_options=dict(config.target_options),
         bases=list(config.bases),
-        tools={cap: e.name for cap, e in tools.items()},
+        tools=list(config.tools) if config.tools is not None else None,
         device=config.device,
         precision=config.precision,
         exemplars=config.exemplars,

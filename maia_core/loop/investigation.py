@@ -14,11 +14,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from maia_core import prompts
 from maia_core.backbone import Backbone, Usage
-from maia_core.describer import Describer, DescriberCall
-from maia_core.reporter import Reporter
-from maia_core.sandbox import Sandbox
+from maia_core.execution.sandbox import Sandbox
+from maia_core.loop import prompts
+from maia_core.loop.describer import Describer, DescriberCall
+from maia_core.loop.reporter import Reporter
 from maia_core.transcript import Message, Part, TextPart
 from maia_core.units import Unit
 
@@ -163,12 +163,14 @@ class Loop:
         total = Usage(**{k: entry[k] for k in keys if k in entry}) + used
         entry.update(total.to_json(), describer=used.to_json())
 
-    def _run_code(self, blocks: list[str]) -> tuple[list[Part], float, int]:
+    def _run_code(self, blocks: list[str]) -> tuple[list[Part], float, int, list[dict[str, Any]]]:
         parts: list[Part] = []
         seconds = 0.0
         restarts = 0
+        records: list[dict[str, Any]] = []
         for i, code in enumerate(blocks):
             cell = self.sandbox.run_cell(code)
+            records.extend(cell.records)
             if cell.restarted and cell.restarted_before:
                 parts.append(TextPart(prompts.restart_note(cell.restarted), "note"))
             parts.extend(cell.parts)
@@ -193,7 +195,7 @@ class Loop:
                     "note",
                 )
             )
-        return parts, seconds, restarts
+        return parts, seconds, restarts, records
 
     def run(self, inv: Investigation) -> Result:
         """Investigate ``inv.unit`` to the end. Backbone failures propagate to the caller."""
@@ -237,9 +239,11 @@ class Loop:
                     parts: list[Part] = [TextPart(prompts.CORRECTION, "note")]
                     meta = {"round": result.rounds, "kind": "correction"}
                 else:
-                    parts, seconds, restarts = self._run_code(blocks)
+                    parts, seconds, restarts, records = self._run_code(blocks)
                     result.sandbox_restarts += restarts
                     meta = {"round": result.rounds, "kind": "result", "seconds": round(seconds, 3)}
+                    if records:
+                        meta["tools"] = records
                     self._count_describer(result, meta)
                 if round_no == self.max_rounds:
                     parts.append(TextPart(prompts.final_request(self.max_rounds), "note"))

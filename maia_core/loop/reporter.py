@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING
 from maia_core.transcript import Message
 
 if TYPE_CHECKING:
-    from maia_core.investigation import Investigation
-    from maia_core.run import RunInfo
+    from maia_core.loop.investigation import Investigation
+    from maia_core.loop.run import RunInfo
 
 
 class Reporter:

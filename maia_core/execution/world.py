@@ -9,6 +9,7 @@ the cell's output as ordered transcript parts.
 from __future__ import annotations
 
 import ast
+import inspect
 import io
 import linecache
 import signal
@@ -20,9 +21,10 @@ from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass, field
 from typing import Any
 
-from maia_core import plugins, prompts
+from maia_core import plugins
 from maia_core.errors import ToolError, UserError
-from maia_core.tools import ToolContext, Tools
+from maia_core.loop import prompts
+from maia_core.tools import CallScope, ToolContext, Tools, call_scope, current_scope
 from maia_core.transcript import ImagePart, Message, Part, TextPart
 from maia_core.units import LayerInfo, Unit
 
@@ -37,13 +39,14 @@ class WorldSpec:
 
     target: str
     target_options: dict[str, str] = field(default_factory=dict)
-    # capability -> implementation name (see plugins.select_tools)
-    tools: dict[str, str] | None = None
+    # capabilities, each optionally "capability=implementation" (see plugins.select_tools);
+    # None: every capability, defaults chosen where the models load
+    tools: list[str] | None = None
     tool_options: dict[str, dict[str, str]] = field(default_factory=dict)
     device: str = "auto"
     precision: str = "fp32"
     exemplars: str | None = None
-    # (layer, safetensors path) pairs: units that are directions or SAE latents (maia_core.basis)
+    # (layer, safetensors path) pairs: units that are directions or SAE latents (maia_core.torch_runtime.basis)
     bases: list[tuple[str, str]] = field(default_factory=list)
 
 
@@ -65,6 +68,8 @@ class CellResult:
     restarted: str | None = None
     # The sandbox had died before the cell (between rounds) and the cell ran in a fresh one.
     restarted_before: bool = False
+    # What the tools recorded about their calls (seeds, parameters), for the round's metadata.
+    records: list[dict[str, Any]] = field(default_factory=list)
 
 
 class CellTimeout(BaseException):
@@ -150,16 +155,16 @@ class World:
             device=str(getattr(self.target, "device", spec.device)),
             ask_backbone=ask_backbone,
             exemplars=spec.exemplars,
+            precision=spec.precision,
         )
-        chosen = plugins.select_tools(
-            None if spec.tools is None else [f"{cap}={impl}" for cap, impl in spec.tools.items()]
-        )
+        chosen = plugins.select_tools(spec.tools, device=self.ctx.device)
         self.tools = Tools(
             {
-                cap: e.factory(self.ctx, **spec.tool_options.get(cap, {}))
+                cap: _in_scope(e.factory(self.ctx, **spec.tool_options.get(cap, {})), cap, e.name)
                 for cap, e in chosen.items()
             }
         )
+        self.scope = CallScope(ask_backbone=ask_backbone)
         self.namespace: dict[str, Any] = {}
         self.unit: Unit | None = None
         self._cell = 0
@@ -183,7 +188,7 @@ class World:
     def threshold(self, unit: Unit) -> float | None:
         """The unit's dataset threshold from an exemplar store, if a tool provides one."""
         for _cap, tool in self.tools.items():
-            lookup = getattr(tool, "threshold_for", None)
+            lookup = getattr(getattr(tool, "__maia_tool__", tool), "threshold_for", None)
             if lookup is not None:
                 value = lookup(unit)
                 if value is not None:
@@ -196,6 +201,7 @@ class World:
 
         system = self.target.system(unit, threshold=self.threshold(unit))
         self.unit = unit
+        self.scope = CallScope(unit=unit, ask_backbone=self.scope.ask_backbone)
         self.namespace = {
             "__name__": "__maia__",
             "system": system,
@@ -222,7 +228,7 @@ class World:
         filename = f"<cell {self._cell}>"
         linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
         collector = _Collector()
-        self.ctx.set_sink(collector.add)
+        self.scope.sink = collector.add
         error = None
         start = time.perf_counter()
         alarm = (
@@ -236,6 +242,7 @@ class World:
             signal.setitimer(signal.ITIMER_REAL, timeout)
         try:
             with (
+                call_scope(self.scope),
                 redirect_stdout(_Output(collector, "stdout")),
                 redirect_stderr(_Output(collector, "stderr")),
             ):
@@ -250,11 +257,13 @@ class World:
             if alarm:
                 signal.setitimer(signal.ITIMER_REAL, 0)
                 signal.signal(signal.SIGALRM, previous)
-            self.ctx.set_sink(None)
+            self.scope.sink = None
         parts = collector.finish()
         if error:
             parts.append(TextPart(error, "error"))
-        return CellResult(parts, error, time.perf_counter() - start)
+        return CellResult(
+            parts, error, time.perf_counter() - start, records=self.scope.take_records()
+        )
 
     def _exec(self, code: str, filename: str, collector: _Collector) -> None:
         tree = ast.parse(code, filename, "exec")
@@ -270,6 +279,24 @@ class World:
 
     def close(self) -> None:
         self.target.close()
+
+
+def _in_scope(tool: Callable[..., Any], capability: str, implementation: str) -> Callable[..., Any]:
+    """``tool`` as the agent calls it: each call is attributed to its capability, for records."""
+    import functools
+
+    target = tool if inspect.isroutine(tool) else tool.__call__
+
+    @functools.wraps(target)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        scope = current_scope()
+        if scope is None:
+            return tool(*args, **kwargs)
+        with call_scope(scope, (capability, implementation)):
+            return tool(*args, **kwargs)
+
+    call.__maia_tool__ = tool
+    return call
 
 
 def _is_image(value: Any) -> bool:
@@ -314,7 +341,7 @@ def load_target(spec: WorldSpec) -> Any:
         if not getattr(target, "name", None):
             target.name = spec.target
         if spec.bases:  # torch is imported only when there are bases
-            from maia_core.basis import Basis
+            from maia_core.torch_runtime.basis import Basis
 
             for layer, path in spec.bases:
                 target.add_basis(Basis.load(layer, path))

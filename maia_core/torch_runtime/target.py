@@ -27,10 +27,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from maia_core.basis import Basis
 from maia_core.errors import UserError
 from maia_core.images import dim_outside, to_pil_list
 from maia_core.target import Target
+from maia_core.torch_runtime.basis import Basis
 from maia_core.units import LayerInfo, Unit
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

@@ -554,7 +554,7 @@ class ExemplarStore:
         return self.manifest["dataset"]["spec"]
 
     def preprocess(self) -> Any:
-        from maia_core.torch_target import Preprocess
+        from maia_core.torch_runtime.target import Preprocess
 
         p = self.manifest["preprocess"]
         return Preprocess(
@@ -655,7 +655,7 @@ class ExemplarStore:
 
 def render_mask(unit_map: torch.Tensor, size: tuple[int, int], threshold: float) -> np.ndarray:
     """A stored map upsampled (bilinear) to ``size`` and thresholded: the unit's region."""
-    from maia_core.torch_target import upsample
+    from maia_core.torch_runtime.target import upsample
 
     return (upsample(unit_map.float(), size) > threshold).numpy()
 

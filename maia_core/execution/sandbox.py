@@ -30,9 +30,9 @@ from maia_core.errors import UserError
 from maia_core.execution import wire
 from maia_core.execution.channel import Channel, ChannelClosed
 from maia_core.execution.codec import ProtocolError
+from maia_core.execution.world import CellResult, UnitSetup, World, WorldSpec
 from maia_core.transcript import Message, TextPart
 from maia_core.units import LayerInfo, Unit
-from maia_core.world import CellResult, UnitSetup, World, WorldSpec
 
 DEFAULT_CELL_TIMEOUT = 120.0
 # How long an interrupted cell gets to stop by itself before the worker is killed.
@@ -218,7 +218,7 @@ class ProcessSandbox:
             log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
         try:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "maia_core._worker", str(child.fileno())],
+                [sys.executable, "-m", "maia_core.execution.worker", str(child.fileno())],
                 pass_fds=[child.fileno()],
                 env=scrub_env(dict(os.environ)),
                 stdin=subprocess.DEVNULL,
