@@ -53,5 +53,10 @@ class Target(ABC):
         """One line on what the model is, shown to the agent and in reports."""
         return self.name
 
+    def ground_truth(self, unit: Unit) -> dict[str, Any] | None:
+        """What the unit is known to detect, when that is known (synthetic neurons); None
+        otherwise. Read by maia after the agent answers, never shown to the agent."""
+        return None
+
     def close(self) -> None:
         """Release models and memory."""

@@ -1,0 +1,1 @@
+"""``scenes``: offline text2image and edit_images over the scenes world (being written)."""
