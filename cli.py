@@ -12,7 +12,7 @@ from maia_core import plugins
 from maia_core.errors import UserError
 from maia_core.execution.sandbox import DEFAULT_CELL_TIMEOUT
 from maia_core.loop.investigation import DEFAULT_MAX_ROUNDS
-from maia_core.options import parse_basis_specs, parse_pairs
+from maia_core.options import parse_basis_specs, parse_pairs, parse_tool_options
 
 app = typer.Typer(
     help="Automated interpretability of vision models: an agent investigates units by experiment.",
@@ -21,6 +21,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
+
+
+INTERRUPTED = "Interrupted. Finished units are saved; run the same command again to resume.\n"
 
 
 def _split(values: list[str] | None) -> list[str] | None:
@@ -125,18 +128,50 @@ def run(
     sandbox: str = typer.Option(
         "process",
         "--sandbox",
-        help="process (isolated worker) or none (in this process, for notebooks).",
+        help="process (a model host and an isolated kernel per investigation) or none (in this process, for notebooks).",
     ),
     cell_timeout: float = typer.Option(
         DEFAULT_CELL_TIMEOUT, "--cell-timeout", help="Seconds one cell may run."
     ),
     memory_limit: str = typer.Option(
-        "80%", "--memory-limit", help="Worker memory cap: 8G, 512M, 75% of RAM, or none."
+        "80%",
+        "--memory-limit",
+        help="Memory cap per investigation's kernel (its child processes included): 8G, 512M, 75% of RAM, or none.",
     ),
     exemplars: Path | None = typer.Option(
         None, "--exemplars", help="Exemplar store folder (default ./exemplars)."
     ),
     force: bool = typer.Option(False, "--force", help="Re-run units that already completed."),
+    concurrency: int | None = typer.Option(
+        None,
+        "--concurrency",
+        "-j",
+        help="Investigations in flight at once, sharing one copy of each model (default 4; 1 with --sandbox none).",
+    ),
+    tool_option: list[str] = typer.Option(
+        [],
+        "--tool-option",
+        help="CAP.KEY=VALUE passed to the implementation of a tool capability, e.g. text2image.steps=4. Repeatable.",
+    ),
+    batching: str = typer.Option(
+        "auto",
+        "--batching",
+        help="Batch concurrent forward passes in the model host: auto (on a GPU), on or off.",
+    ),
+    executor: str = typer.Option(
+        "local", "--executor", help="local, or ray to spread investigations over a Ray cluster."
+    ),
+    ray_address: str | None = typer.Option(
+        None,
+        "--ray-address",
+        help="An existing Ray cluster (e.g. ray://head:10001); default: a local one.",
+    ),
+    ray_actors: int | None = typer.Option(
+        None,
+        "--ray-actors",
+        min=1,
+        help="Ray actors hosting models (default: one per GPU, else one per node).",
+    ),
 ) -> None:
     """Investigate units of a target with a backbone, and write reports."""
     from maia_core.loop.run import RunConfig
@@ -169,8 +204,19 @@ def run(
         describer_options=parse_pairs(describer_option, "--describer-option"),
         budget_usd=budget_usd,
         price_file=str(price_file) if price_file else None,
+        concurrency=concurrency,
+        tool_options=parse_tool_options(tool_option),
+        batching=batching,
+        executor=executor,
+        ray_address=ray_address,
+        ray_actors=ray_actors,
     )
-    investigations = run_units(config)
+    try:
+        investigations = run_units(config)
+    except KeyboardInterrupt:
+        # Typer would swallow it silently: say what was kept, and how to go on.
+        sys.stderr.write(INTERRUPTED)
+        raise typer.Exit(130) from None
     if any(i.result is not None and i.result.status == "failed" for i in investigations):
         raise typer.Exit(1)
 
@@ -194,7 +240,8 @@ def layers(
     from rich.console import Console
     from rich.table import Table
 
-    from maia_core.execution.world import WorldSpec, load_target
+    from maia_core.execution.host import load_target
+    from maia_core.execution.specs import WorldSpec
 
     spec = WorldSpec(
         target=target,
@@ -254,7 +301,17 @@ def _add_plugin_commands() -> None:
     plugins.add_commands(app)
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main() -> None:
+    import signal
+
+    # SLURM, timeout, docker and systemd stop a job with SIGTERM (a closed terminal sends
+    # SIGHUP): handled like Ctrl-C, so finished units are saved and children are stopped.
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _interrupt)
     try:
         _add_plugin_commands()
         app()
@@ -262,9 +319,7 @@ def main() -> None:
         sys.stderr.write(f"Error: {exc.message}\n")
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
-        sys.stderr.write(
-            "Interrupted. Finished units are saved; run the same command again to resume.\n"
-        )
+        sys.stderr.write(INTERRUPTED)
         sys.exit(130)
 
 

@@ -23,6 +23,20 @@ def parse_pairs(items: Iterable[str], flag: str) -> dict[str, str]:
     return out
 
 
+def parse_tool_options(items: Iterable[str]) -> dict[str, dict[str, str]]:
+    """``["text2image.steps=4"]`` -> ``{"text2image": {"steps": "4"}}``."""
+    out: dict[str, dict[str, str]] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        cap, dot, option = key.strip().partition(".")
+        if not sep or not dot or not cap or not option:
+            raise UserError(
+                f"Malformed --tool-option {item!r}. Expected CAPABILITY.KEY=VALUE, e.g. --tool-option text2image.steps=4."
+            )
+        out.setdefault(cap, {})[option.strip()] = value.strip()
+    return out
+
+
 def as_bool(value: str | bool, name: str) -> bool:
     if isinstance(value, bool):
         return value

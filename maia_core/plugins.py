@@ -57,15 +57,25 @@ class Registry:
         self.flag = flag
         self.entries: dict[str, Entry] = {}
 
+    @staticmethod
+    def key(entry: Entry) -> str:
+        """Tools are named within their capability (``text2image=scenes`` and
+        ``edit_images=scenes`` are two tools); everything else by its name."""
+        capability = entry.meta.get("capability")
+        if entry.kind == "tools" and capability and capability != entry.name:
+            return f"{capability}={entry.name}"
+        return entry.name
+
     def add(self, entry: Entry) -> None:
-        if entry.name in self.entries:
-            other = self.entries[entry.name].plugin
+        key = self.key(entry)
+        if key in self.entries:
+            other = self.entries[key].plugin
             sys.stderr.write(
-                f"maia: plugin {entry.plugin!r} registers {self.kind[:-1]} {entry.name!r}, "
+                f"maia: plugin {entry.plugin!r} registers {self.kind[:-1]} {key!r}, "
                 f"already registered by {other!r}; keeping the first\n"
             )
             return
-        self.entries[entry.name] = entry
+        self.entries[key] = entry
 
     def names(self) -> list[str]:
         return sorted(self.entries)
@@ -77,8 +87,12 @@ class Registry:
             shown.append(name if not patterns else f"{name} ({', '.join(patterns)})")
         return ", ".join(shown) or "none installed"
 
-    def resolve(self, spec: str) -> tuple[Entry, str | None]:
-        """Find the entry for ``spec``: an exact name, a glob pattern, or ``name:arg``."""
+    def resolve(self, spec: str, flag: str | None = None) -> tuple[Entry, str | None]:
+        """Find the entry for ``spec``: an exact name, a glob pattern, or ``name:arg``.
+
+        ``flag`` names the option in errors when it is not the kind's usual one
+        (``--describer`` for a backbone)."""
+        flag = flag or self.flag
         spec = spec.strip()
         if spec in self.entries:
             return self.entries[spec], None
@@ -89,12 +103,10 @@ class Registry:
         if sep and name in self.entries:
             if not arg:
                 raise UserError(
-                    f"{self.flag} {spec!r} needs something after the colon, like {name}:<name>."
+                    f"{flag} {spec!r} needs something after the colon, like {name}:<name>."
                 )
             return self.entries[name], arg
-        raise UserError(
-            f"Unknown {self.kind[:-1]} {spec!r} for {self.flag}. Known: {self.known()}."
-        )
+        raise UserError(f"Unknown {self.kind[:-1]} {spec!r} for {flag}. Known: {self.known()}.")
 
 
 class _PluginSet:
@@ -253,28 +265,36 @@ def select_tools(selection: Iterable[str] | None, device: str | None = None) -> 
     """Pick one implementation per tool capability.
 
     ``selection`` lists capabilities, each optionally ``capability=implementation``; ``None``
-    exposes every registered capability with its default implementation. The default is, in
-    order of ``priority``, the first implementation whose ``available(device)`` says it can run
-    here (FLUX on a CUDA device with its weights cached, say), else the one registered with
-    ``default=True``, else the first. Without a ``device`` (in the main process, which loads no
-    models) availability is not asked.
+    exposes every capability that has a default implementation here. The default is, in order
+    of ``priority``, the first implementation whose ``available(device)`` says it can run here
+    (FLUX on a CUDA device with its weights cached, say), else the one registered with
+    ``default=True``, else the capability's only implementation. Implementations that are
+    neither (a heavy model for small GPUs) run only when named: ``--tools cap=name``. Without a
+    ``device`` (in the main process, which loads no models) availability is not asked.
     """
     reg = registry("tools")
     by_cap: dict[str, list[Entry]] = {}
     for entry in reg.entries.values():
         by_cap.setdefault(entry.meta["capability"], []).append(entry)
 
-    def default(cap: str) -> Entry:
+    def default(cap: str) -> Entry | None:
         impls = sorted(by_cap[cap], key=lambda e: -int(e.meta.get("priority", 0)))
-        if device is not None:
-            for e in impls:
-                available = e.meta.get("available")
-                if available is not None and _available(available, device):
-                    return e
-        return next((e for e in impls if e.meta.get("default")), by_cap[cap][0])
+        if device is None:  # no models here: a static choice, for checking names
+            return next((e for e in impls if e.meta.get("default")), by_cap[cap][0])
+        # An implementation that checks where it can run is chosen only where it can; others
+        # only when registered as the default, or when they are the capability's only one.
+        for e in impls:
+            available = e.meta.get("available")
+            if available is not None and _available(available, device):
+                return e
+        marked = next((e for e in impls if e.meta.get("default")), None)
+        if marked is not None:
+            return marked
+        return impls[0] if len(impls) == 1 and impls[0].meta.get("available") is None else None
 
     if selection is None:
-        return {cap: default(cap) for cap in sorted(by_cap)}
+        chosen_all = {cap: default(cap) for cap in sorted(by_cap)}
+        return {cap: e for cap, e in chosen_all.items() if e is not None}
     chosen: dict[str, Entry] = {}
     for item in selection:
         cap, _, impl = item.strip().partition("=")
@@ -289,7 +309,14 @@ def select_tools(selection: Iterable[str] | None, device: str | None = None) -> 
                 raise UserError(f"Unknown implementation {impl!r} of tool {cap!r}. Known: {names}.")
             chosen[cap] = match[0]
         else:
-            chosen[cap] = default(cap)
+            entry = default(cap)
+            if entry is None:
+                names = ", ".join(e.name for e in by_cap[cap])
+                raise UserError(
+                    f"No implementation of tool {cap!r} can run on {device} here ({names}); "
+                    f"name one with --tools {cap}=NAME."
+                )
+            chosen[cap] = entry
     return chosen
 
 

@@ -75,7 +75,7 @@ class TruthRegistry:
     oldest entries go first.
     """
 
-    def __init__(self, capacity: int = 4096):
+    def __init__(self, capacity: int = 1024):
         self.capacity = capacity
         self._items: OrderedDict[str, Any] = OrderedDict()
         self._lock = threading.Lock()

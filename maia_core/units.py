@@ -17,8 +17,9 @@ from maia_core.errors import UserError
 
 SPEC_FORM = "LAYER=UNITS[:LAYER=UNITS...], e.g. layer3=229,288:layer4=0-9 (a bare LAYER means all its units)"
 
-# What a unit spec selects: layer name -> unit indices, or None for all of the layer's units.
-Selection = dict[str, "list[int] | None"]
+# What a unit spec selects: layer name -> unit indices and index ranges (kept as ranges, so
+# 0-999999999 costs nothing until checked against the layer's size), or None for all of them.
+Selection = dict[str, "list[int | range] | None"]
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,7 @@ def parse_unit_spec(spec: str) -> Selection:
         if not sep:
             selection[layer] = None
             continue
-        indices: list[int] = list(selection.get(layer) or [])
+        indices: list[int | range] = list(selection.get(layer) or [])
         for item in units.split(","):
             m = _INDEX.match(item)
             if not m:
@@ -72,8 +73,8 @@ def parse_unit_spec(spec: str) -> Selection:
                 raise UserError(
                     f"Malformed unit spec {spec!r}: range {item.strip()!r} runs backwards."
                 )
-            indices.extend(range(lo, hi + 1))
-        selection[layer] = list(dict.fromkeys(indices))
+            indices.append(lo if lo == hi else range(lo, hi + 1))
+        selection[layer] = indices
     return selection
 
 
@@ -90,8 +91,11 @@ def read_unit_file(path: str | Path) -> Selection:
         raise UserError(
             f'Unit file {str(path)!r} is not valid JSON ({exc}); expected {{"layer": [units]}}.'
         ) from None
+    # JSON true and false are ints to Python; they are not unit indices.
     if not isinstance(obj, dict) or not all(
-        isinstance(k, str) and isinstance(v, list) and all(isinstance(i, int) and i >= 0 for i in v)
+        isinstance(k, str)
+        and isinstance(v, list)
+        and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in v)
         for k, v in obj.items()
     ):
         raise UserError(
@@ -110,14 +114,17 @@ def expand(selection: Selection, layers: dict[str, LayerInfo], target: str) -> l
                 f"Unknown layer {name!r} for target {target}. Valid layers: {', '.join(layers)}."
             )
         if indices is None:
-            indices = list(range(info.units))
-        for i in indices:
-            if not 0 <= i < info.units:
+            indices = [range(info.units)]
+        for item in indices:
+            last = item[-1] if isinstance(item, range) and len(item) else item
+            if isinstance(item, range) and not len(item):
+                continue
+            if not 0 <= last < info.units:
                 raise UserError(
-                    f"Unit {i} is out of range for layer {name!r} of {target}, which has {info.units} units (0-{info.units - 1})."
+                    f"Unit {last} is out of range for layer {name!r} of {target}, which has {info.units} units (0-{info.units - 1})."
                 )
-            units.append(Unit(name, i))
-    return units
+            units.extend(Unit(name, i) for i in (item if isinstance(item, range) else [item]))
+    return list(dict.fromkeys(units))
 
 
 def sample(units: list[Unit], n: int, seed: int = 0) -> list[Unit]:

@@ -337,7 +337,8 @@ def test_replaying_a_claude_run_reproduces_it_offline(claude_run, exemplars, tmp
     )
     assert again.returncode == 0, again.stderr
     original = json.loads((unit_dir(results, "claude") / "history.json").read_text())
-    replayed = json.loads((unit_dir(tmp_path, "replay") / "history.json").read_text())
+    # each recording replays into its own folder, named after it
+    replayed = json.loads((unit_dir(tmp_path, "replay-claude-efficientnet_lite0") / "history.json").read_text())
     texts = [[p.get("text") for p in m["parts"]] for m in original["messages"][2:]]
     assert texts == [[p.get("text") for p in m["parts"]] for m in replayed["messages"][2:]]
 

@@ -55,7 +55,7 @@ def test_first_offline_run_writes_every_report(first_run):
     results, out = first_run
     assert out.returncode == 0, out.stderr
     for unit in (0, 1, 2):
-        d = results / "replay" / "efficientnet_lite0" / "blocks.6" / str(unit)
+        d = results / "replay-replay_efficientnet" / "efficientnet_lite0" / "blocks.6" / str(unit)
         for name in (
             "report.html",
             "history.json",
@@ -83,22 +83,28 @@ def test_first_offline_run_writes_every_report(first_run):
         report = (d / "report.html").read_text()
         assert report.count("<img") == 20 and report.count("<figcaption>exemplar: activation") == 15
     index = (results / "index.html").read_text()
-    assert index.count('href="replay/efficientnet_lite0/blocks.6/') == 3
+    assert index.count('href="replay-replay_efficientnet/efficientnet_lite0/blocks.6/') == 3
     assert "maia run summary" in out.stdout and "completed" in out.stdout
     assert not list(results.rglob("*.tmp")), "temporary files left behind"
 
 
 def test_rerun_skips_completed_units_and_force_redoes_them(first_run):
     results, _ = first_run
-    before = (results / "replay/efficientnet_lite0/blocks.6/1/result.json").read_text()
+    before = (
+        results / "replay-replay_efficientnet/efficientnet_lite0/blocks.6/1/result.json"
+    ).read_text()
     out = maia(*run_args(results, units="blocks.6=1"))
     assert out.returncode == 0 and "already completed; skipped" in out.stdout
-    assert (results / "replay/efficientnet_lite0/blocks.6/1/result.json").read_text() == before
+    assert (
+        results / "replay-replay_efficientnet/efficientnet_lite0/blocks.6/1/result.json"
+    ).read_text() == before
     out = maia(*run_args(results, "--force", units="blocks.6=1"))
     assert out.returncode == 0 and "skipped" not in out.stdout
-    assert json.loads((results / "replay/efficientnet_lite0/blocks.6/1/result.json").read_text())[
-        "started_at"
-    ]
+    assert json.loads(
+        (
+            results / "replay-replay_efficientnet/efficientnet_lite0/blocks.6/1/result.json"
+        ).read_text()
+    )["started_at"]
 
 
 def test_chunk_random_and_unit_file(tmp_path):
@@ -162,6 +168,23 @@ def test_chunk_random_and_unit_file(tmp_path):
         (["--chunk", "2/2"], "Malformed --chunk '2/2'"),
         (["--memory-limit", "heaps"], "Malformed --memory-limit 'heaps'"),
         (["--sandbox", "docker"], "Unknown --sandbox 'docker'"),
+        # hardening 11, 13, 14, 17: numbers that make no sense, huge ranges, bad addresses
+        (["--cell-timeout", "0"], "--cell-timeout must be a number of seconds above 0"),
+        (["--cell-timeout", "-1"], "--cell-timeout must be a number of seconds above 0"),
+        (["--cell-timeout", "nan"], "--cell-timeout must be a number of seconds above 0"),
+        (["--memory-limit", "0"], "--memory-limit '0' must be more than zero"),
+        (["--memory-limit", "500%"], "is more than all of this machine's memory"),
+        (
+            ["--units", "blocks.6=0-999999999"],
+            "Unit 999999999 is out of range for layer 'blocks.6'",
+        ),
+        (
+            ["--backbone", "local-x", "--base-url", "localhost:11434"],
+            "Malformed --base-url 'localhost:11434'",
+        ),
+        (["--backbone", "local-x", "--base-url", "http://"], "Malformed --base-url 'http://'"),
+        (["--describer", "nosuch"], "Unknown backbone 'nosuch' for --describer"),
+        (["--concurrency", "0"], "--concurrency must be at least 1"),
     ],
 )
 def test_bad_input_gets_one_line_and_exit_2(tmp_path, args, message):
@@ -219,8 +242,79 @@ def test_report_escapes_agent_and_tool_text(tmp_path):
     )
     out = maia(*run_args(tmp_path / "r", units="blocks.6=0", backbone=f"replay:{turns}"))
     assert out.returncode == 0, out.stderr
-    html = (tmp_path / "r/replay/efficientnet_lite0/blocks.6/0/report.html").read_text()
+    html = (tmp_path / "r/replay-t/efficientnet_lite0/blocks.6/0/report.html").read_text()
     assert "<script" not in html and "<img src=x" not in html and "<b>bold</b>" not in html
     assert "&lt;script&gt;" in html and "&lt;b&gt;bold&lt;/b&gt;" in html
     index = (tmp_path / "r/index.html").read_text()
     assert "<b>bold</b>" not in index and "&lt;b&gt;bold&lt;/b&gt;" in index
+
+
+def test_generate_edit_and_measure_offline_with_the_default_tools(tmp_path):
+    """Issue 10's run: text2image and edit_images default to scenes here, and the report shows
+    the generated and edited images with what made them."""
+    fixture = FIXTURES / "replay_generate_edit.json"
+    out = maia(*run_args(tmp_path / "r", units="blocks.6=0-1", backbone=f"replay:{fixture}"))
+    assert out.returncode == 0, out.stderr
+    assert "text2image=scenes" in out.stdout and "edit_images=scenes" in out.stdout
+    for unit in (0, 1):
+        d = (
+            tmp_path
+            / "r"
+            / "replay-replay_generate_edit"
+            / "efficientnet_lite0"
+            / "blocks.6"
+            / str(unit)
+        )
+        result = json.loads((d / "result.json").read_text())
+        assert result["status"] == "completed"
+        assert (
+            result["tools"]["text2image"] == "scenes" and result["tools"]["edit_images"] == "scenes"
+        )
+        history = json.loads((d / "history.json").read_text())
+        first, second = history["messages"][3], history["messages"][5]
+        assert sum(p["type"] == "image" for p in first["parts"]) == 4
+        assert sum(p["type"] == "image" for p in second["parts"]) == 6  # originals and edits
+        assert "Editing Prompt: replace the zebra with a horse" in "".join(
+            p.get("text", "") for p in second["parts"]
+        )
+        [t2i] = first["meta"]["tools"]
+        assert (
+            t2i["tool"] == "text2image"
+            and t2i["implementation"] == "scenes"
+            and len(t2i["prompts"]) == 4
+        )
+        assert isinstance(t2i["seed"], int)
+        report = (d / "report.html").read_text()
+        assert (
+            report.count("<img") == 10 and "Tool calls" in report and "edit_images scenes" in report
+        )
+    # the system prompt names the implementation in use
+    assert "implementation: scenes" in history["messages"][0]["parts"][0]["text"]
+
+
+def test_replaying_a_history_regenerates_the_same_images(tmp_path):
+    fixture = FIXTURES / "replay_generate_edit.json"
+    first = maia(
+        *run_args(
+            tmp_path / "a",
+            units="blocks.6=3",
+            backbone=f"replay:{fixture}",
+        ),
+        "--reporter",
+        "json",
+    )
+    assert first.returncode == 0, first.stderr
+    recorded = tmp_path / "a" / "replay-replay_generate_edit" / "efficientnet_lite0"
+    again = maia(
+        *run_args(tmp_path / "b", units="blocks.6=3", backbone=f"replay:{recorded}"),
+        "--reporter",
+        "json",
+    )
+    assert again.returncode == 0, again.stderr
+
+    def images(root):
+        history = json.loads(next(root.rglob("history.json")).read_text())
+        return [p["data"] for m in history["messages"] for p in m["parts"] if p["type"] == "image"]
+
+    a, b = images(tmp_path / "a"), images(tmp_path / "b")
+    assert len(a) == 10 and a == b

@@ -279,7 +279,7 @@ def test_tool_serves_the_store_and_its_thresholds(store, tmp_path):
         "json,html",
     )
     assert run.returncode == 0, run.stderr
-    unit_dir = tmp_path / "r/replay/efficientnet_lite0/blocks.6/42"
+    unit_dir = tmp_path / "r/replay-t/efficientnet_lite0/blocks.6/42"
     history = json.loads((unit_dir / "history.json").read_text())
     result = history["messages"][3]
     images = [p for p in result["parts"] if p["type"] == "image"]
@@ -317,7 +317,7 @@ def test_no_store_tells_the_agent_the_command(tmp_path):
     )
     assert run.returncode == 0
     history = json.loads(
-        (tmp_path / "r/replay/efficientnet_lite0/blocks.5/1/history.json").read_text()
+        (tmp_path / "r/replay-t/efficientnet_lite0/blocks.5/1/history.json").read_text()
     )
     error = history["messages"][3]["parts"][-1]["text"]
     assert (

@@ -86,7 +86,7 @@ def test_exhausted_replay_marks_the_unit_failed_and_others_go_on(with_thirdparty
     invs = run(config(tmp_path, [CALL], units="conv2=0,1"))
     assert [i.result.status for i in invs] == ["failed", "failed"]
     assert "has no assistant turn 2" in invs[0].result.error
-    saved = json.loads((tmp_path / "results/replay/toynet/conv2/1/result.json").read_text())
+    saved = json.loads((tmp_path / "results/replay-turns/toynet/conv2/1/result.json").read_text())
     assert saved["status"] == "failed" and "no assistant turn" in saved["error"]
 
 

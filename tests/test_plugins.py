@@ -130,7 +130,7 @@ def test_third_party_target_runs_end_to_end(thirdparty_env, tmp_path):
     )
     out = maia("run", "--target", "toynet", "--units", "conv2=1", "--backbone", f"replay:{replay}", "--results", str(tmp_path / "r"), env=thirdparty_env)
     assert out.returncode == 0, out.stderr
-    history = json.loads((tmp_path / "r/replay/toynet/conv2/1/history.json").read_text())
+    history = json.loads((tmp_path / "r/replay-turns/toynet/conv2/1/history.json").read_text())
     outputs = [p["text"] for m in history["messages"] if m["role"] == "user" for p in m["parts"] if p["type"] == "text"]
     assert any("ACT float (64, 64)" in t for t in outputs)
 

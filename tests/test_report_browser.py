@@ -67,7 +67,7 @@ def open_in_chromium(path):
 
 
 def test_report_opens_offline_without_errors(results):
-    report = results / "replay/toynet/conv2/0/report.html"
+    report = results / "replay-t/toynet/conv2/0/report.html"
     requests, errors, info = open_in_chromium(report)
     assert requests == [report.as_uri()], "the report asked the network for something"
     assert errors == []
@@ -80,6 +80,6 @@ def test_index_opens_offline_and_links_to_reports(results):
     index = results / "index.html"
     requests, errors, info = open_in_chromium(index)
     assert requests == [index.as_uri()] and errors == []
-    assert info["links"] == ["replay/toynet/conv2/0/report.html", "replay/toynet/conv2/1/report.html"]
+    assert info["links"] == ["replay-t/toynet/conv2/0/report.html", "replay-t/toynet/conv2/1/report.html"]
     assert all((results / link).is_file() for link in info["links"])
     assert len(info["images"]) == 2 and all(w > 0 for w in info["images"])  # thumbnails

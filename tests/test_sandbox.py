@@ -6,15 +6,13 @@ import os
 
 import pytest
 
+from maia_core.execution.isolation import child_environment, is_secret
 from maia_core.execution.sandbox import (
-    InProcessSandbox,
-    ProcessSandbox,
-    is_secret,
+    InProcessExecution,
+    ProcessExecution,
     parse_memory,
-    rss_bytes,
-    scrub_env,
 )
-from maia_core.execution.world import WorldSpec
+from maia_core.execution.specs import WorldSpec
 from maia_core.transcript import ImagePart, TextPart
 from maia_core.units import Unit
 
@@ -40,7 +38,7 @@ def asked():
 
 
 @pytest.fixture(scope="module")
-def sandbox(thirdparty, asked, tmp_path_factory):
+def execution(thirdparty, asked, tmp_path_factory):
     from maia_core import plugins
 
     saved = dict(os.environ)
@@ -48,26 +46,31 @@ def sandbox(thirdparty, asked, tmp_path_factory):
     os.environ["MAIA_TEST_VISIBLE"] = "visible"
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(thirdparty), saved.get("PYTHONPATH")]))
     plugins.reset_plugins()
-
-    def ask(messages):
-        asked.append(messages)
-        return "echo: " + messages[-1].text
-
-    box = ProcessSandbox(SPEC, ask_backbone=ask, cell_timeout=2.0, log_path=tmp_path_factory.mktemp("log") / "worker.log")
+    ex = ProcessExecution(SPEC, cell_timeout=2.0, log_dir=tmp_path_factory.mktemp("logs"))
     try:
-        box.start()
-        yield box
+        ex.start()
+        yield ex
     finally:
-        box.close()
+        ex.close()
         os.environ.clear()
         os.environ.update(saved)
         plugins.reset_plugins()
 
 
+def _ask(asked):
+    def ask(messages):
+        asked.append(messages)
+        return "echo: " + messages[-1].text
+
+    return ask
+
+
 @pytest.fixture
-def fresh(sandbox):
-    sandbox.begin(UNIT)
-    return sandbox
+def fresh(execution, asked):
+    session = execution.session(_ask(asked))
+    session.begin(UNIT)
+    yield session
+    session.close()
 
 
 def test_namespace_persists_and_output_keeps_its_order(fresh):
@@ -79,10 +82,14 @@ def test_namespace_persists_and_output_keeps_its_order(fresh):
     assert r2.parts[1].source == "display" and r2.parts[2].source == "display"
 
 
-def test_begin_gives_a_fresh_namespace(fresh):
+def test_each_investigation_gets_a_fresh_namespace(fresh, execution, asked):
     fresh.run_cell("leftover = 1")
-    fresh.begin(UNIT)
-    assert "NameError" in fresh.run_cell("leftover").error
+    other = execution.session(_ask(asked))
+    other.begin(UNIT)
+    try:
+        assert "NameError" in other.run_cell("leftover").error
+    finally:
+        other.close()
 
 
 def test_exception_returns_the_agents_traceback_and_keeps_state(fresh):
@@ -109,11 +116,11 @@ def test_endless_loop_is_interrupted_and_state_kept(fresh):
 
 def test_cell_that_ignores_the_interrupt_is_killed_and_replaced(fresh):
     fresh.run_cell("kept = 7")
-    pid = text_of(fresh.run_cell("import os; print(os.getpid())")).strip()
+    pid = fresh.proc.pid  # the kernel process (inside its namespace it is PID 1)
     r = fresh.run_cell("import signal\nsignal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})\nwhile True:\n    pass")
     assert r.restarted and "did not stop when interrupted" in r.restarted
     assert "NameError" in fresh.run_cell("kept").error
-    assert text_of(fresh.run_cell("import os; print(os.getpid())")).strip() != pid
+    assert fresh.proc.pid != pid
     # the unit is set up again in the new worker
     assert fresh.run_cell("acts, _ = system.call_neuron([Image.new('RGB', (64, 64))])\nprint(len(acts))").error is None
 
@@ -138,16 +145,17 @@ def test_segfault_restarts_the_worker(fresh):
     assert fresh.run_cell("print('alive')").parts[0].text == "alive\n"
 
 
-def test_memory_past_the_cap_kills_only_the_cell(fresh):
-    base = rss_bytes(fresh.proc.pid)
-    fresh.memory_limit = base + 300 * 2**20
+def test_memory_past_the_cap_kills_only_the_cell(execution, asked):
+    session = execution.session(_ask(asked))
+    session.memory_limit = 400 * 2**20
+    session.begin(UNIT)
     try:
-        r = fresh.run_cell("import numpy as np\nblock = np.ones(2**28)  # 2 GiB, touched\nprint('survived')")
+        r = session.run_cell("import numpy as np\nblock = np.ones(2**28)  # 2 GiB, touched\nprint('survived')")
+        assert r.restarted and "more memory than the sandbox allows" in r.restarted
+        assert "survived" not in text_of(r)
+        assert session.run_cell("print('alive')").parts[0].text == "alive\n"
     finally:
-        fresh.memory_limit = None
-    assert r.restarted and "more memory than the sandbox allows" in r.restarted
-    assert "survived" not in text_of(r)
-    assert fresh.run_cell("print('alive')").parts[0].text == "alive\n"
+        session.close()
 
 
 def test_agent_code_cannot_read_api_keys(fresh):
@@ -179,7 +187,8 @@ def test_output_is_bounded(fresh):
 def test_secret_patterns():
     assert all(is_secret(k) for k in SECRETS)
     assert not any(is_secret(k) for k in ("PATH", "HOME", "PYTHONPATH", "HF_HOME", "CUDA_VISIBLE_DEVICES", "KEYBOARD"))
-    assert scrub_env({"PATH": "/bin", "X_API_KEY_FILE": "f", "GITHUB_TOKEN": "t"}) == {"PATH": "/bin"}
+    env = {"PATH": "/bin", "X_API_KEY_FILE": "f", "GITHUB_TOKEN": "t", "HF_HOME": "/h", "RANDOM_THING": "x"}
+    assert child_environment(env) == {"PATH": "/bin", "HF_HOME": "/h"}
 
 
 def test_memory_limit_parsing():
@@ -194,11 +203,13 @@ def test_memory_limit_parsing():
 
 
 def test_in_process_sandbox(with_thirdparty):
-    box = InProcessSandbox(SPEC, ask_backbone=lambda m: "ok", cell_timeout=1.0)
+    ex = InProcessExecution(SPEC, cell_timeout=1.0)
+    ex.start()
+    box = ex.session(lambda m: "ok")
     box.begin(UNIT)
     assert box.run_cell("y = 2").error is None
     r = box.run_cell("while True:\n    pass")
     assert r.error.startswith("TimeoutError") and "1 s limit" in r.error
     assert box.run_cell("import sys; sys.exit(0)").error.startswith("SystemExit")
     assert text_of(box.run_cell("print(y)")) == "2\n"
-    box.close()
+    ex.close()

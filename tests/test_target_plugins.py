@@ -417,7 +417,7 @@ def test_train_sae_then_investigate_a_latent(tmp_path, photos):
     assert run.returncode == 0, run.stderr
     assert (
         json.loads(
-            (tmp_path / "r/replay/efficientnet_lite0/blocks.5@toy/2/result.json").read_text()
+            (tmp_path / "r/replay-replay_any_unit/efficientnet_lite0/blocks.5@toy/2/result.json").read_text()
         )["status"]
         == "completed"
     )
@@ -552,4 +552,4 @@ def test_model_loads_once_per_run(tmp_path, thirdparty_env):
     )
     assert out.returncode == 0, out.stderr
     assert len(list(tmp_path.rglob("result.json"))) == 3
-    assert (tmp_path / "worker.log").read_text().count("toynet loaded") == 1
+    assert (tmp_path / "logs" / "host.log").read_text().count("toynet loaded") == 1

@@ -17,13 +17,24 @@ from maia_core.units import (
 LAYERS = {"layer3": LayerInfo("layer3", 1024, (14, 14)), "layer4": LayerInfo("layer4", 2048, (7, 7))}
 
 
+def units(spec: str) -> list[tuple[str, int]]:
+    return [(u.layer, u.index) for u in expand(parse_unit_spec(spec), LAYERS, "t")]
+
+
 def test_maia_syntax_and_ranges():
-    assert parse_unit_spec("layer3=229,288:layer4=122,210") == {"layer3": [229, 288], "layer4": [122, 210]}
-    assert parse_unit_spec("layer4=0-3,7") == {"layer4": [0, 1, 2, 3, 7]}
-    assert parse_unit_spec("blocks.6=2") == {"blocks.6": [2]}
+    assert units("layer3=229,288:layer4=122,210") == [("layer3", 229), ("layer3", 288), ("layer4", 122), ("layer4", 210)]
+    assert units("layer4=0-3,7") == [("layer4", i) for i in (0, 1, 2, 3, 7)]
     assert parse_unit_spec("layer4") == {"layer4": None}
+    assert len(units("layer4")) == 2048
     # duplicates collapse, order kept
-    assert parse_unit_spec("layer4=3,1,3") == {"layer4": [3, 1]}
+    assert units("layer4=3,1,3,0-3") == [("layer4", i) for i in (3, 1, 0, 2)]
+
+
+def test_huge_ranges_are_checked_before_they_are_expanded():
+    # Checked against the layer's size at once, not after building a billion units.
+    spec = parse_unit_spec("layer4=0-999999999")
+    with pytest.raises(UserError, match=r"Unit 999999999 is out of range.*2048 units"):
+        expand(spec, LAYERS, "t")
 
 
 @pytest.mark.parametrize("bad", ["", "layer4=", "layer4=a", "=3", "layer4=5-2", "layer4=1,,2", "layer4=-1"])
@@ -55,6 +66,8 @@ def test_unit_file_reads_maias_format(tmp_path):
         ("{not json", "not valid JSON"),
         (json.dumps(["layer4"]), "must map layer names"),
         (json.dumps({"layer4": ["x"]}), "must map layer names"),
+        # JSON true/false are not unit indices, though Python counts them as ints
+        (json.dumps({"layer4": [True, 1]}), "must map layer names"),
     ],
 )
 def test_bad_unit_files(tmp_path, content, message):

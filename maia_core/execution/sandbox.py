@@ -1,64 +1,52 @@
-"""Where agent code runs.
+"""Where agent code runs, seen from the main process (which holds the API keys).
 
-``ProcessSandbox`` (the default) runs cells in a worker process that holds the target and
-the tools. Whatever a cell does (raise, loop forever, call ``sys.exit`` or ``os._exit``,
-segfault, eat memory), it costs that cell only: the agent gets an error message and, if the
-worker had to go, a fresh worker with a note that variables were lost. The worker's
-environment holds no secrets.
+``process`` (the default): one model host process per run holds the target and the tools'
+models; each investigation gets a kernel process for its agent's code. Whatever a cell does
+(raise, loop forever, call ``sys.exit`` or ``os._exit``, segfault, eat memory, fork), it costs
+that cell only: the agent gets an error message and, if its kernel had to go, a fresh one with
+a note that variables were lost. Neither the host nor the kernels hold secrets, and everything
+they send is checked data (:mod:`maia_core.execution.codec`). A host that dies is restarted;
+the investigations in flight are told their last call failed and go on.
 
-``InProcessSandbox`` (``--sandbox none``) runs cells in this process, for notebooks: no
-isolation, a SIGALRM time limit only, and no memory cap.
-
-The process sandbox is a fault boundary and keeps API keys out of the agent's environment;
-it is not a jail for hostile code, which should run under its own user or container.
+``none``: the models and the agent's code in this process, for notebooks: no isolation, a
+SIGALRM time limit only, no memory cap, one investigation at a time.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Protocol
 
 from maia_core.errors import UserError
-from maia_core.execution import wire
+from maia_core.execution import isolation, wire
+from maia_core.execution.cells import CellResult, CellTimeout
 from maia_core.execution.channel import Channel, ChannelClosed
 from maia_core.execution.codec import ProtocolError
-from maia_core.execution.world import CellResult, UnitSetup, World, WorldSpec
+from maia_core.execution.specs import UnitSetup, WorldSpec
 from maia_core.transcript import Message, TextPart
 from maia_core.units import LayerInfo, Unit
 
 DEFAULT_CELL_TIMEOUT = 120.0
-# How long an interrupted cell gets to stop by itself before the worker is killed.
+# How long an interrupted cell gets to stop by itself before its kernel is killed.
 INTERRUPT_GRACE = 3.0
-_POLL = 0.02
-
-SECRET_NAMES = {
-    "ANTHROPIC_API_KEY",
-    "OPENAI_API_KEY",
-    "HF_TOKEN",
-    "HUGGING_FACE_HUB_TOKEN",
-    "HUGGINGFACEHUB_API_TOKEN",
-}
-SECRET_SUFFIXES = ("_KEY", "_TOKEN", "_SECRET", "_SECRETS", "_PASSWORD", "_CREDENTIALS")
+# How long a host may take to load its models, and a kernel to start.
+HOST_START_TIMEOUT = 1800.0
+KERNEL_START_TIMEOUT = 60.0
+# A host that dies this many times in one run is not restarted again.
+MAX_HOST_RESTARTS = 5
+_POLL = 0.1
 
 AskBackbone = Callable[[list[Message]], str]
-
-
-def is_secret(name: str) -> bool:
-    upper = name.upper()
-    return upper in SECRET_NAMES or upper.endswith(SECRET_SUFFIXES) or "API_KEY" in upper
-
-
-def scrub_env(env: dict[str, str]) -> dict[str, str]:
-    """The environment without API keys, tokens, secrets and passwords."""
-    return {k: v for k, v in env.items() if not is_secret(k)}
 
 
 def parse_memory(text: str | None) -> int | None:
@@ -71,7 +59,13 @@ def parse_memory(text: str | None) -> int | None:
             f"Malformed --memory-limit {text!r}. Use a size such as 8G or 512M, a share such as 75%, or none."
         )
     value, unit = float(m.group(1)), (m.group(2) or "b")
+    if value <= 0:
+        raise UserError(f"--memory-limit {text!r} must be more than zero; use none for no cap.")
     if unit == "%":
+        if value > 100:
+            raise UserError(
+                f"--memory-limit {text!r} is more than all of this machine's memory; use at most 100%."
+            )
         total = physical_memory()
         if total is None:
             raise UserError(
@@ -79,6 +73,10 @@ def parse_memory(text: str | None) -> int | None:
             )
         return int(total * value / 100)
     scale = {"b": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}[unit[0]]
+    if value * scale < 64 * 2**20:
+        raise UserError(
+            f"--memory-limit {text!r} is too small for a Python process; give at least 64M."
+        )
     return int(value * scale)
 
 
@@ -113,287 +111,453 @@ def rss_bytes(pid: int) -> int | None:
         return None
 
 
-def _gb(n: int) -> str:
-    return f"{n / 2**30:.2f} GB"
+class Session(Protocol):
+    """One investigation's sandbox: its unit, and the cells of its agent."""
 
+    restarts: int
 
-def _protect_own_environment() -> None:
-    """Make this (key-holding) process non-dumpable, so processes of the same non-root user,
-    agent code among them, cannot read its /proc/PID/environ or memory. Linux only."""
-    if sys.platform.startswith("linux"):
-        try:
-            import ctypes
-
-            ctypes.CDLL(None, use_errno=True).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE = 4
-        except Exception:
-            pass
-
-
-class Sandbox(Protocol):
-    def start(self) -> None: ...
-    def layer_infos(
-        self, names: list[str] | None = None, all: bool = False
-    ) -> dict[str, LayerInfo]: ...
     def begin(self, unit: Unit) -> UnitSetup: ...
     def run_cell(self, code: str) -> CellResult: ...
     def close(self) -> None: ...
 
 
-class InProcessSandbox:
-    """Runs agent code in this process (``--sandbox none``)."""
+class Execution(Protocol):
+    """A run's models and the sandboxes of its investigations."""
 
-    def __init__(
-        self,
-        spec: WorldSpec,
-        *,
-        ask_backbone: AskBackbone,
-        cell_timeout: float | None = DEFAULT_CELL_TIMEOUT,
-        **_: Any,
-    ):
+    tools: dict[str, str]
+    target_description: str
+
+    def start(self) -> None: ...
+    def layer_infos(
+        self, names: list[str] | None = None, all: bool = False
+    ) -> dict[str, LayerInfo]: ...
+    def session(self, ask_backbone: AskBackbone) -> Session: ...
+    def ground_truth(self, unit: Unit) -> dict[str, Any] | None: ...
+    def close(self, now: bool = False) -> None: ...
+
+
+class SessionLost(RuntimeError):
+    """The machine serving an investigation went away (a Ray actor, a node): the investigation
+    starts again elsewhere; nothing of it is written as a result."""
+
+
+class _Gone(Exception):
+    """A child process ended, was killed or broke the protocol; the message says why."""
+
+
+def _exit_reason(code: int | None, what: str) -> str:
+    if code is None:
+        return f"the {what} stopped answering"
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        detail = " (a segmentation fault)" if name == "SIGSEGV" else ""
+        return f"the code crashed the {what} with {name}{detail}"
+    return f"the code ended the {what} (exit status {code}, as os._exit does)"
+
+
+def _log(path: Path | None) -> Any:
+    if path is None:
+        return subprocess.DEVNULL
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return open(path, "ab")  # noqa: SIM115 - handed to the child, closed right after
+
+
+# -- the model host ------------------------------------------------------------------------------
+
+
+class HostProcess:
+    """The run's model host process: started once, asked for layers and sessions, restarted
+    if it dies."""
+
+    def __init__(self, spec: WorldSpec, log_path: Path | None = None):
         self.spec = spec
-        self.ask_backbone = ask_backbone
-        self.cell_timeout = cell_timeout
-        self.world: World | None = None
+        self.log_path = log_path
+        self.proc: subprocess.Popen | None = None
+        self.control: Channel | None = None
+        self.generation = 0
+        self.restarts = 0
+        self.tools: dict[str, str] = {}
+        self.target_description = ""
+        self.load_seconds = 0.0
+        self._lock = threading.RLock()
+        self._sessions = 0
 
     def start(self) -> None:
-        if self.world is None:
-            self.world = World(self.spec, self.ask_backbone)
-            self.world.cell_timeout = self.cell_timeout
+        with self._lock:
+            if self.proc is not None and self.proc.poll() is None:
+                return
+            isolation.make_undumpable()
+            channel, child = Channel.pair()
+            log = _log(self.log_path)
+            try:
+                self.proc = isolation.spawn(
+                    [sys.executable, "-m", "maia_core.execution.host", str(child.fileno())],
+                    pass_fds=[child.fileno()],
+                    env=isolation.child_environment(MAIA_PARENT_PID=str(os.getpid())),
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=log,
+                    start_new_session=True,
+                )
+            finally:
+                child.close()
+                if log is not subprocess.DEVNULL:
+                    log.close()
+            self.control = channel
+            try:
+                channel.send({"op": "hello", "spec": self.spec.to_wire()})
+                ready = self._answer("ready", HOST_START_TIMEOUT)
+            except _Gone as exc:
+                self._reap()
+                raise RuntimeError(f"the model host failed to start: {exc}{self._hint()}") from None
+            except BaseException:
+                self._reap()
+                raise
+            self.tools = wire.field(ready, "tools", dict, "ready")
+            self.target_description = wire.field(ready, "target_description", str, "ready")
+            self.load_seconds = float(wire.field(ready, "load_seconds", (int, float), "ready"))
+            self.generation += 1
+
+    def _hint(self) -> str:
+        return f" (see {self.log_path})" if self.log_path else ""
+
+    def _answer(self, kind: str, timeout: float) -> Any:
+        deadline = time.monotonic() + timeout
+        while not self.control.poll(_POLL):
+            if self.proc.poll() is not None:
+                raise _Gone(_exit_reason(self.proc.returncode, "model host"))
+            if time.monotonic() > deadline:
+                raise _Gone(f"the model host did not answer within {timeout:g} s")
+        try:
+            msg = self.control.recv()
+        except ChannelClosed:
+            raise _Gone(_exit_reason(self.proc.wait(), "model host")) from None
+        except ProtocolError as exc:
+            raise _Gone(f"the model host sent a malformed message ({exc})") from None
+        op = msg.get("op") if isinstance(msg, dict) else None
+        if op == "user_error":
+            raise UserError(str(msg.get("message")))
+        if op == "error":
+            raise RuntimeError(f"model host error:\n{msg.get('message')}")
+        if op != kind:
+            raise _Gone(f"the model host answered {op!r} instead of {kind!r}")
+        return msg if kind == "ready" else msg.get("value")
+
+    def request(
+        self, op: str, fds: tuple[int, ...] = (), timeout: float = 600.0, **fields: Any
+    ) -> Any:
+        with self._lock:
+            if self.proc is None or self.proc.poll() is not None:
+                raise _Gone(_exit_reason(self.proc.returncode if self.proc else None, "model host"))
+            try:
+                self.control.send({"op": op, **fields}, fds=fds)
+            except ChannelClosed:
+                raise _Gone(_exit_reason(self.proc.wait(), "model host")) from None
+            return self._answer("ok", timeout)
+
+    def revive(self, generation: int) -> None:
+        """Restart the host if it is still the one of ``generation`` and has died."""
+        with self._lock:
+            if self.generation != generation:
+                return  # someone else restarted it already
+            if self.proc is not None and self.proc.poll() is None:
+                return
+            if self.restarts >= MAX_HOST_RESTARTS:
+                raise RuntimeError(
+                    f"the model host died {self.restarts + 1} times in this run; not restarting it{self._hint()}"
+                )
+            sys.stderr.write(
+                f"maia: {_exit_reason(self.proc.returncode if self.proc else None, 'model host')}; restarting it\n"
+            )
+            self._reap()
+            self.restarts += 1
+            self.start()
+
+    def open_session(self, unit: Unit) -> tuple[socket.socket, UnitSetup]:
+        """A session for ``unit`` in the host: the kernel's end of its channel, and its setup."""
+        with self._lock:
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            self._sessions += 1
+            try:
+                setup = self.request(
+                    "open",
+                    fds=(ours.fileno(),),
+                    session=str(self._sessions),
+                    unit=wire.unit_to_wire(unit),
+                )
+            except BaseException:
+                theirs.close()
+                raise
+            finally:
+                ours.close()
+        try:
+            return theirs, UnitSetup.from_wire(setup)
+        except ProtocolError as exc:
+            theirs.close()
+            raise _Gone(f"the model host sent a malformed setup ({exc})") from None
 
     def layer_infos(
         self, names: list[str] | None = None, all: bool = False
     ) -> dict[str, LayerInfo]:
-        self.start()
-        return self.world.layer_infos(names, all)
+        infos = self.request("layers", names=list(names or []), all=all)
+        return {i.name: i for i in map(wire.layer_from_wire, wire.need(infos, list, "layers"))}
 
-    def begin(self, unit: Unit) -> UnitSetup:
-        self.start()
-        return self.world.begin(unit)
+    def ground_truth(self, unit: Unit) -> dict[str, Any] | None:
+        value = self.request("ground_truth", unit=wire.unit_to_wire(unit))
+        return wire.need(value, dict, "ground truth") if value is not None else None
 
-    def run_cell(self, code: str) -> CellResult:
-        return self.world.run(code, use_alarm=True)
+    def stats(self) -> dict[str, Any]:
+        return wire.need(self.request("stats"), dict, "stats")
 
-    def close(self) -> None:
-        if self.world is not None:
-            self.world.close()
-            self.world = None
+    def _reap(self) -> None:
+        if self.control is not None:
+            self.control.close()
+            self.control = None
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def close(self, now: bool = False) -> None:
+        """Shut the host down (``now``: kill it, as after Ctrl-C, without waiting for it)."""
+        if not now:
+            with self._lock, contextlib.suppress(Exception):
+                if self.proc is not None:
+                    self.request("shutdown", timeout=10)
+        # Killing needs no lock: a session thread may hold it, waiting on the host.
+        self._reap()
+        self.proc = None
 
 
-class _WorkerGone(Exception):
-    """The worker process ended or was killed; the message says why, for the agent."""
+# -- kernels --------------------------------------------------------------------------------------
 
 
-class ProcessSandbox:
-    """Runs agent code in a worker process that can be killed and replaced."""
+class KernelSession:
+    """One investigation's kernel process, with its session in the host."""
 
     def __init__(
         self,
-        spec: WorldSpec,
-        *,
+        host: HostProcess,
         ask_backbone: AskBackbone,
+        *,
         cell_timeout: float | None = DEFAULT_CELL_TIMEOUT,
         memory_limit: int | None = None,
-        log_path: str | os.PathLike | None = None,
+        log_path: Path | None = None,
     ):
-        self.spec = spec
+        self.host = host
         self.ask_backbone = ask_backbone
         self.cell_timeout = cell_timeout
         self.memory_limit = memory_limit
-        self.log_path = Path(log_path) if log_path else None
+        self.log_path = log_path
         self.proc: subprocess.Popen | None = None
-        self.conn: Channel | None = None
+        self.channel: Channel | None = None
         self.unit: Unit | None = None
+        self.setup: UnitSetup | None = None
+        self.containment = ""
         self.restarts = 0
-        self._kill_reason: str | None = None
+        self._watchdog: int | None = None
+        self._kill_reasons: list[str] = []
 
-    # -- worker lifecycle ---------------------------------------------------------------
-    def start(self) -> None:
-        if self.proc is not None:
-            return
-        _protect_own_environment()
-        channel, child = Channel.pair()
-        log = subprocess.DEVNULL
-        if self.log_path is not None:
-            self.log_path.parent.mkdir(parents=True, exist_ok=True)
-            log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
+    # -- lifecycle -----------------------------------------------------------------------------
+    def begin(self, unit: Unit) -> UnitSetup:
+        self.unit = unit
+        self._start()
+        return self.setup
+
+    def _open(self) -> tuple[socket.socket, UnitSetup]:
+        """A host session for the unit; a dead host is restarted once for it."""
+        generation = self.host.generation
         try:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "maia_core.execution.worker", str(child.fileno())],
-                pass_fds=[child.fileno()],
-                env=scrub_env(dict(os.environ)),
+            return self.host.open_session(self.unit)
+        except _Gone:
+            self.host.revive(generation)
+            return self.host.open_session(self.unit)
+
+    def _start(self) -> None:
+        host_end, setup = self._open()
+        channel, child = Channel.pair()
+        read, write = os.pipe()
+        log = _log(self.log_path)
+        fds = [child.fileno(), host_end.fileno(), read]
+        try:
+            self.proc = isolation.spawn(
+                [sys.executable, "-m", "maia_core.execution.kernel_entry", *map(str, fds)],
+                pass_fds=fds,
+                env=isolation.child_environment(MAIA_PARENT_PID=str(os.getpid())),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
-                start_new_session=True,  # its own process group: Ctrl-C reaches us, and a kill reaches its children
+                start_new_session=True,  # its own group: Ctrl-C reaches us; a kill reaches its children
             )
         finally:
             child.close()
+            host_end.close()
+            os.close(read)
             if log is not subprocess.DEVNULL:
                 log.close()
-        self.conn = channel
-        self._kill_reason = None
+        self.channel, self._watchdog, self.setup = channel, write, setup
+        self._kill_reasons = []
         try:
-            self.conn.send(
-                {"op": "spec", "spec": asdict(self.spec), "cell_timeout": self.cell_timeout}
-            )
-            self._expect("ready")
-        except _WorkerGone as exc:
+            ready = self._expect("ready", time.monotonic() + KERNEL_START_TIMEOUT)
+            self.containment = str(ready.get("containment", ""))
+            self._send({"op": "begin", "setup": setup.to_wire(), "cell_timeout": self.cell_timeout})
+            self._expect("ok", time.monotonic() + KERNEL_START_TIMEOUT)
+        except _Gone as exc:
             self._reap()
-            raise RuntimeError(
-                f"the sandbox worker failed to start: {exc}{self._log_hint()}"
-            ) from None
+            raise RuntimeError(f"the sandbox kernel failed to start: {exc}{self._hint()}") from None
+        if self.memory_limit is not None:
+            isolation.memory_watch.watch(self.proc.pid, self.memory_limit, self._kill_reasons)
 
-    def _log_hint(self) -> str:
+    def _hint(self) -> str:
         return f" (see {self.log_path})" if self.log_path else ""
 
+    def _kill(self, reason: str | None = None) -> None:
+        if reason:
+            self._kill_reasons.append(reason)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+
     def _reap(self) -> None:
-        if self.conn is not None:
-            self.conn.close()
-            self.conn = None
+        if self.proc is not None:
+            isolation.memory_watch.forget(self.proc.pid)
+        if self.channel is not None:
+            self.channel.close()
+            self.channel = None
+        if self._watchdog is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._watchdog)
+            self._watchdog = None
         if self.proc is not None:
             if self.proc.poll() is None:
                 self._kill()
             self.proc.wait()
             self.proc = None
 
-    def _kill(self) -> None:
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            self.proc.kill()
+    def _restart(self) -> None:
+        self._reap()
+        self.restarts += 1
+        self._start()
 
+    def close(self) -> None:
+        if self.proc is None:
+            return
+        with contextlib.suppress(Exception):
+            self._send({"op": "close"})
+            self._expect("ok", time.monotonic() + 5)
+        self._reap()
+
+    # -- protocol ------------------------------------------------------------------------------
     def _death(self) -> str:
-        if self._kill_reason:
-            return self._kill_reason
-        code = self.proc.wait()
-        if code < 0:
-            try:
-                name = signal.Signals(-code).name
-            except ValueError:
-                name = f"signal {-code}"
-            what = " (a segmentation fault)" if name == "SIGSEGV" else ""
-            return f"the code crashed the Python interpreter with {name}{what}"
-        return f"the code ended the sandbox process (exit status {code}, as os._exit does)"
+        if self._kill_reasons:
+            return self._kill_reasons[0]
+        return _exit_reason(self.proc.wait(), "sandbox process")
 
-    # -- protocol ------------------------------------------------------------------------
-    def _send(self, msg: dict[str, Any]) -> None:
+    def _send(self, msg: dict[str, Any], fds: tuple[int, ...] = ()) -> None:
         try:
-            self.conn.send(msg)
+            self.channel.send(msg, fds=fds)
         except ChannelClosed:
-            raise _WorkerGone(self._death()) from None
+            raise _Gone(self._death()) from None
 
-    def _broken(self, problem: str) -> _WorkerGone:
-        """A worker that breaks the protocol is treated as crashed: nothing it sent is used."""
-        self._kill_reason = f"the sandbox process sent a malformed message ({problem})"
-        self._kill()
-        return _WorkerGone(self._kill_reason)
+    def _broken(self, problem: str) -> _Gone:
+        """A kernel that breaks the protocol is treated as crashed: nothing it sent is used."""
+        self._kill(f"the sandbox process sent a malformed message ({problem})")
+        return _Gone(self._kill_reasons[0])
 
     def _receive(self) -> dict[str, Any]:
         try:
-            msg = self.conn.recv()
+            msg = self.channel.recv()
         except ChannelClosed:
-            raise _WorkerGone(self._death()) from None
+            raise _Gone(self._death()) from None
         except ProtocolError as exc:
             raise self._broken(str(exc)) from None
         if not isinstance(msg, dict) or not isinstance(msg.get("op"), str):
             raise self._broken("not a request")
         return msg
 
-    def _expect(self, kind: str, deadline: float | None = None, watch: bool = False) -> Any:
+    def _expect(self, kind: str, deadline: float | None = None, interruptible: bool = False) -> Any:
         interrupted = False
         while True:
-            if self.conn.poll(_POLL):
+            if self.channel.poll(_POLL):
                 msg = self._receive()
                 op = msg["op"]
                 try:
-                    if op == "backbone":
+                    if op in ("backbone", "reconnect"):
                         paused = time.monotonic()
-                        self._answer_backbone(wire.messages_from_wire(msg.get("messages")))
-                        if deadline is not None:  # time spent by the backbone does not count
+                        if op == "backbone":
+                            self._answer_backbone(wire.messages_from_wire(msg.get("messages")))
+                        else:
+                            self._reconnect()
+                        if deadline is not None:  # time spent on these does not count
                             deadline += time.monotonic() - paused
                         continue
-                    if op == "user_error":
-                        raise UserError(wire.field(msg, "message", str, "user_error"))
                     if op == "error":
                         raise RuntimeError(
-                            f"sandbox worker error:\n{wire.field(msg, 'message', str, 'error')}"
+                            f"sandbox kernel error:\n{wire.field(msg, 'message', str, 'error')}"
                         )
                     if op != kind:
                         raise ProtocolError(f"expected {kind!r}, got {op!r}")
                     if kind == "result":
                         return wire.cell_from_wire(msg.get("result"))
-                    return msg.get("value")
+                    return msg
                 except ProtocolError as exc:
                     raise self._broken(str(exc)) from None
-            if self.proc.poll() is not None:
-                raise _WorkerGone(self._death())
-            if watch and self.memory_limit is not None:
-                rss = rss_bytes(self.proc.pid)
-                if rss is not None and rss > self.memory_limit:
-                    self._kill_reason = f"the code used more memory than the sandbox allows ({_gb(rss)} > {_gb(self.memory_limit)} limit)"
-                    self._kill()
-                    continue
+            if self.proc.poll() is not None or self._kill_reasons:
+                raise _Gone(self._death())
             if deadline is not None and time.monotonic() > deadline:
+                if not interruptible:
+                    self._kill()
+                    raise _Gone(f"the sandbox process did not answer in time{self._hint()}")
                 if not interrupted:
                     interrupted = True
-                    self.proc.send_signal(signal.SIGINT)
+                    with contextlib.suppress(ProcessLookupError):
+                        self.proc.send_signal(signal.SIGINT)
                     deadline = time.monotonic() + INTERRUPT_GRACE
                 else:
-                    self._kill_reason = f"the cell ran past its {self.cell_timeout:g} s limit and did not stop when interrupted"
-                    self._kill()
+                    self._kill(
+                        f"the cell ran past its {self.cell_timeout:g} s limit and did not stop when interrupted"
+                    )
 
     def _answer_backbone(self, messages: list[Message]) -> None:
         try:
             reply = {"op": "backbone_reply", "ok": True, "value": self.ask_backbone(messages)}
-        except Exception as exc:  # the tool in the worker gets the error, the cell goes on
+        except Exception as exc:  # the tool gets the error; the cell goes on
             reply = {"op": "backbone_reply", "ok": False, "value": f"{type(exc).__name__}: {exc}"}
         self._send(reply)
 
-    def _call(self, request: dict[str, Any]) -> Any:
-        self.start()
+    def _reconnect(self) -> None:
+        """The kernel lost its host: give it a channel to the (restarted) host."""
         try:
-            self._send(request)
-            return self._expect("ok")
-        except _WorkerGone as exc:
-            self._reap()
-            raise RuntimeError(f"the sandbox worker died: {exc}{self._log_hint()}") from None
-
-    # -- the sandbox interface -------------------------------------------------------------
-    def layer_infos(
-        self, names: list[str] | None = None, all: bool = False
-    ) -> dict[str, LayerInfo]:
-        infos = self._call({"op": "layers", "names": list(names or []), "all": all})
+            theirs, setup = self._open()
+        except Exception as exc:  # noqa: BLE001 - the agent's call fails with the reason
+            self._send({"op": "error_channel", "message": f"{type(exc).__name__}: {exc}"})
+            return
         try:
-            return {i.name: i for i in map(wire.layer_from_wire, wire.need(infos, list, "layers"))}
-        except ProtocolError as exc:
-            raise RuntimeError(f"the sandbox worker answered badly: {exc}") from None
+            self._send({"op": "host_channel", "setup": setup.to_wire()}, fds=(theirs.fileno(),))
+        finally:
+            theirs.close()
 
-    def begin(self, unit: Unit) -> UnitSetup:
-        self.unit = unit
-        if self.proc is not None and self.proc.poll() is not None:
-            self._reap()  # it died between units (after the last cell, before this unit)
-        setup = self._call({"op": "begin", "unit": wire.unit_to_wire(unit)})
-        try:
-            return wire.setup_from_wire(setup)
-        except ProtocolError as exc:
-            raise RuntimeError(f"the sandbox worker answered badly: {exc}") from None
-
+    # -- cells ---------------------------------------------------------------------------------
     def run_cell(self, code: str) -> CellResult:
-        self.start()
         started = time.monotonic()
         before = None
+        if self.proc is None:
+            self._start()
         try:
             self._send({"op": "run", "code": code})
-        except _WorkerGone as exc:
+        except _Gone as exc:
             # It died while we waited for the backbone (a timer calling os._exit, say): a fresh
-            # worker runs the cell, and the agent is told its variables are gone.
+            # kernel runs the cell, and the agent is told its variables are gone.
             before = f"{exc}, between rounds"
             self._restart()
             self._send({"op": "run", "code": code})
         deadline = None if self.cell_timeout is None else time.monotonic() + self.cell_timeout
         try:
-            result = self._expect("result", deadline=deadline, watch=True)
-        except _WorkerGone as exc:
+            result = self._expect("result", deadline=deadline, interruptible=True)
+        except _Gone as exc:
             reason = str(exc)
         else:
             if before:
@@ -405,29 +569,215 @@ class ProcessSandbox:
             [TextPart(text, "error")], text, time.monotonic() - started, restarted=reason
         )
 
-    def _restart(self) -> None:
-        self._reap()
-        self.restarts += 1
-        self.start()
-        if self.unit is not None:
-            self.begin(self.unit)
+
+class ProcessExecution:
+    """The default: a model host process and a kernel process per investigation."""
+
+    def __init__(
+        self,
+        spec: WorldSpec,
+        *,
+        cell_timeout: float | None = DEFAULT_CELL_TIMEOUT,
+        memory_limit: int | None = None,
+        log_dir: Path | None = None,
+    ):
+        self.spec = spec
+        self.cell_timeout = cell_timeout
+        self.memory_limit = memory_limit
+        self.log_dir = Path(log_dir) if log_dir else None
+        self.host = HostProcess(spec, self.log_dir / "host.log" if self.log_dir else None)
+        self._sessions: list[KernelSession] = []
+
+    @property
+    def tools(self) -> dict[str, str]:
+        return self.host.tools
+
+    @property
+    def target_description(self) -> str:
+        return self.host.target_description
+
+    def start(self) -> None:
+        self.host.start()
+
+    def layer_infos(
+        self, names: list[str] | None = None, all: bool = False
+    ) -> dict[str, LayerInfo]:
+        return self.host.layer_infos(names, all)
+
+    def session(self, ask_backbone: AskBackbone) -> KernelSession:
+        session = KernelSession(
+            self.host,
+            ask_backbone,
+            cell_timeout=self.cell_timeout,
+            memory_limit=self.memory_limit,
+            log_path=self.log_dir / "kernels.log" if self.log_dir else None,
+        )
+        self._sessions.append(session)
+        return session
+
+    def ground_truth(self, unit: Unit) -> dict[str, Any] | None:
+        generation = self.host.generation
+        try:
+            return self.host.ground_truth(unit)
+        except _Gone:
+            self.host.revive(generation)
+            return self.host.ground_truth(unit)
+
+    def close(self, now: bool = False) -> None:
+        """Stop every kernel and the host (``now``: at once, after Ctrl-C or SIGTERM)."""
+        for session in list(self._sessions):
+            with contextlib.suppress(Exception):
+                session._reap()
+        self.host.close(now=now)
+
+
+# -- in this process ------------------------------------------------------------------------------
+
+
+class InProcessExecution:
+    """``--sandbox none``: the models and the agent's code in this process (notebooks)."""
+
+    def __init__(
+        self, spec: WorldSpec, *, cell_timeout: float | None = DEFAULT_CELL_TIMEOUT, **_: Any
+    ):
+        self.spec = spec
+        self.cell_timeout = cell_timeout
+        self.host: Any = None
+
+    @property
+    def tools(self) -> dict[str, str]:
+        return self.host.describe_tools()
+
+    @property
+    def target_description(self) -> str:
+        return self.host.target.describe()
+
+    def start(self) -> None:
+        if self.host is None:
+            from maia_core.execution.host import ModelHost
+
+            self.host = ModelHost(self.spec)
+
+    def layer_infos(
+        self, names: list[str] | None = None, all: bool = False
+    ) -> dict[str, LayerInfo]:
+        return self.host.layer_infos(names, all)
+
+    def session(self, ask_backbone: AskBackbone) -> InProcessSession:
+        return InProcessSession(self, ask_backbone)
+
+    def ground_truth(self, unit: Unit) -> dict[str, Any] | None:
+        return self.host.ground_truth(unit)
+
+    def close(self, now: bool = False) -> None:
+        if self.host is not None:
+            self.host.close()
+            self.host = None
+
+
+class InProcessSession:
+    restarts = 0
+
+    def __init__(self, execution: InProcessExecution, ask_backbone: AskBackbone):
+        self.execution = execution
+        self.ask_backbone = ask_backbone
+        self.namespace: dict[str, Any] = {}
+        self.session: Any = None
+        self.cells = 0
+
+    def begin(self, unit: Unit) -> UnitSetup:
+        import numpy as np
+        from PIL import Image
+
+        host = self.execution.host
+        reason = host.restore_if_tampered()
+        if reason:
+            sys.stderr.write(
+                f"maia: an earlier unit's code changed the model ({reason}); reloaded it\n"
+            )
+        self.session = host.open(unit, self.ask_backbone)
+        self.namespace = {
+            "__name__": "__maia__",
+            "system": self.session.system,
+            "tools": self.session.tools,
+            "np": np,
+            "Image": Image,
+        }
+        return self.session.setup()
+
+    def run_cell(self, code: str) -> CellResult:
+        from contextlib import redirect_stderr, redirect_stdout
+
+        from maia_core.execution.cells import Collector, Output, describe_error, execute
+        from maia_core.tools import call_scope
+
+        self.cells += 1
+        collector = Collector()
+        scope = self.session.scope
+        scope.sink = collector.add
+        timeout = self.cell_timeout
+        alarm = (
+            timeout is not None
+            and threading.current_thread() is threading.main_thread()
+            and hasattr(signal, "SIGALRM")
+        )
+        if alarm:
+            previous = signal.signal(signal.SIGALRM, _raise_timeout)
+            signal.setitimer(signal.ITIMER_REAL, timeout)
+        error = None
+        start = time.perf_counter()
+        try:
+            with (
+                call_scope(scope),
+                redirect_stdout(Output(collector, "stdout")),
+                redirect_stderr(Output(collector, "stderr")),
+            ):
+                execute(
+                    code,
+                    self.namespace,
+                    f"<cell {self.cells}>",
+                    lambda v: _show(scope, collector, v),
+                )
+        except BaseException as exc:  # noqa: BLE001 - every agent error goes back to the agent
+            error = describe_error(exc, timeout)
+        finally:
+            if alarm:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+                signal.signal(signal.SIGALRM, previous)
+            scope.sink = None
+        parts = collector.finish()
+        if error:
+            parts.append(TextPart(error, "error"))
+        return CellResult(parts, error, time.perf_counter() - start, records=scope.take_records())
+
+    @property
+    def cell_timeout(self) -> float | None:
+        return self.execution.cell_timeout
 
     def close(self) -> None:
-        if self.proc is None:
-            return
-        try:
-            self._send({"op": "close"})
-            self._expect("ok", deadline=time.monotonic() + 10)
-        except Exception:
-            pass
-        self._reap()
+        self.session = None
 
 
-def make_sandbox(kind: str, spec: WorldSpec, **kwargs: Any) -> Sandbox:
+def _show(scope: Any, collector: Any, value: Any) -> None:
+    from PIL import Image
+
+    from maia_core.transcript import ImagePart
+
+    if isinstance(value, Image.Image):
+        collector.add(ImagePart.from_pil(value, source="display"))
+    else:
+        collector.text(repr(value) + "\n", "stdout")
+
+
+def _raise_timeout(signum: int, frame: Any) -> None:
+    raise CellTimeout()
+
+
+def make_execution(kind: str, spec: WorldSpec, **kwargs: Any) -> Execution:
     if kind == "process":
-        return ProcessSandbox(spec, **kwargs)
+        return ProcessExecution(spec, **kwargs)
     if kind == "none":
-        return InProcessSandbox(spec, **kwargs)
+        return InProcessExecution(spec, **kwargs)
     raise UserError(
-        f"Unknown --sandbox {kind!r}. Use process (isolated worker) or none (in this process)."
+        f"Unknown --sandbox {kind!r}. Use process (isolated kernels and a model host) or none (in this process)."
     )

@@ -138,11 +138,12 @@ def cell_to_wire(result: Any) -> dict[str, Any]:
         "seconds": float(result.seconds),
         "restarted": result.restarted,
         "records": result.records,
+        "host_seconds": float(result.host_seconds),
     }
 
 
 def cell_from_wire(d: Any) -> Any:
-    from maia_core.execution.world import CellResult
+    from maia_core.execution.cells import CellResult
 
     seconds = field(d, "seconds", (int, float), "cell result", 0.0)
     return CellResult(
@@ -151,22 +152,5 @@ def cell_from_wire(d: Any) -> Any:
         float(seconds),
         optional_str(d, "restarted", "cell result"),
         records=[need(r, dict, "record") for r in field(d, "records", list, "cell result", [])],
-    )
-
-
-def setup_to_wire(setup: Any) -> dict[str, Any]:
-    return {
-        "api": setup.api,
-        "target_description": setup.target_description,
-        "threshold_note": setup.threshold_note,
-    }
-
-
-def setup_from_wire(d: Any) -> Any:
-    from maia_core.execution.world import UnitSetup
-
-    return UnitSetup(
-        field(d, "api", str, "unit setup"),
-        field(d, "target_description", str, "unit setup"),
-        field(d, "threshold_note", str, "unit setup"),
+        host_seconds=float(field(d, "host_seconds", (int, float), "cell result", 0.0)),
     )

@@ -9,18 +9,16 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 from maia_core.backbone import Backbone, Usage
-from maia_core.execution.sandbox import Sandbox
+from maia_core.execution.sandbox import Session
 from maia_core.loop import prompts
 from maia_core.loop.describer import Describer, DescriberCall
 from maia_core.loop.reporter import Reporter
+from maia_core.loop.state import Investigation, Result
 from maia_core.transcript import Message, Part, TextPart
-from maia_core.units import Unit
 
 DEFAULT_MAX_ROUNDS = 25
 # After max_rounds, how many times to ask for the final answer before giving up.
@@ -29,8 +27,13 @@ FINAL_REQUESTS = 2
 _CODE = re.compile(
     r"```[ \t]*(?:python|py|python3)[ \t]*\n(.*?)(?:```|\Z)", re.DOTALL | re.IGNORECASE
 )
-_DESCRIPTION = re.compile(r"\[DESCRIPTION\]\**\s*:?\**\s*(.*?)(?=\**\s*\[LABEL\]|\Z)", re.DOTALL)
-_LABEL = re.compile(r"\[LABEL\]\**\s*:?\**\s*(.+)")
+_FENCE = re.compile(r"```.*?(?:```|\Z)", re.DOTALL)
+# The final answer starts a line (after optional markdown emphasis, quoting or a heading mark).
+_DESCRIPTION = re.compile(
+    r"^[ \t>#*_]*\[DESCRIPTION\]\**\s*:?\**\s*(.*?)(?=^[ \t>#*_]*\[LABEL\]|\Z)",
+    re.DOTALL | re.MULTILINE,
+)
+_LABEL = re.compile(r"^[ \t>#*_]*\[LABEL\]\**\s*:?\**\s*(.+)", re.MULTILINE)
 
 
 def extract_code(text: str) -> list[str]:
@@ -39,12 +42,17 @@ def extract_code(text: str) -> list[str]:
 
 
 def parse_final(text: str) -> tuple[str, str] | None:
-    """``(description, label)`` if the reply holds a final answer, else None."""
-    d = _DESCRIPTION.search(text)
+    """``(description, label)`` if the reply gives a final answer, else None.
+
+    Only an answer outside code blocks counts, with ``[DESCRIPTION]`` starting a line: a reply
+    that quotes the marker in passing, or prints it from code, is not an answer.
+    """
+    prose = _FENCE.sub("", text)
+    d = _DESCRIPTION.search(prose)
     if not d:
         return None
     description = d.group(1).strip().strip("*").strip()
-    label_match = _LABEL.search(text, d.start())
+    label_match = _LABEL.search(prose, d.start())
     label = label_match.group(1).strip().strip("*").strip() if label_match else ""
     return description, label
 
@@ -53,74 +61,24 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-@dataclass
-class Result:
-    """What ``result.json`` holds."""
-
-    status: str  # "completed", "incomplete" (no final answer) or "failed"
-    description: str | None = None
-    label: str | None = None
-    rounds: int = 0
-    wall_time_s: float = 0.0
-    usage: Usage = field(default_factory=Usage)
-    rounds_usage: list[dict[str, Any]] = field(default_factory=list)
-    error: str | None = None
-    sandbox_restarts: int = 0
-    started_at: str = ""
-    finished_at: str = ""
-
-
-@dataclass
-class Investigation:
-    """The live state of one unit's investigation; reporters read it."""
-
-    unit: Unit
-    target: str
-    backbone: str
-    out_dir: Path
-    messages: list[Message] = field(default_factory=list)
-    threshold: str = ""
-    target_description: str = ""
-    result: Result | None = None
-    # The backbone that answered tools' describe/summarize requests, when not the agent's.
-    describer: str | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        r = self.result or Result("running")
-        return {
-            "target": self.target,
-            "layer": self.unit.layer,
-            "unit": self.unit.index,
-            "backbone": self.backbone,
-            **({"describer": self.describer} if self.describer else {}),
-            "status": r.status,
-            "description": r.description,
-            "label": r.label,
-            "rounds": r.rounds,
-            "wall_time_s": round(r.wall_time_s, 3),
-            "usage": {**r.usage.to_json(), "per_round": r.rounds_usage},
-            "error": r.error,
-            "threshold": self.threshold,
-            "sandbox_restarts": r.sandbox_restarts,
-            "started_at": r.started_at,
-            "finished_at": r.finished_at,
-        }
-
-
 class Loop:
-    """Runs investigations; one instance serves every unit of a run."""
+    """Runs one investigation: a backbone, the unit's sandbox session, the reporters.
+
+    Investigations run concurrently, each with its own ``Loop``; the backbone and the
+    reporters are shared (the reporters serialise their events).
+    """
 
     def __init__(
         self,
         backbone: Backbone,
-        sandbox: Sandbox,
+        session: Session,
         reporter: Reporter,
         *,
         max_rounds: int = DEFAULT_MAX_ROUNDS,
         describer: Describer | None = None,
     ):
         self.backbone = backbone
-        self.sandbox = sandbox
+        self.session = session
         self.reporter = reporter
         self.max_rounds = max_rounds
         self.describer = describer
@@ -133,6 +91,8 @@ class Loop:
         reply = self.backbone.complete(inv.messages)
         result.rounds += 1
         result.usage = result.usage + reply.usage
+        inv.spent_usd = result.usage.cost_usd or 0.0
+        inv.rounds_done = result.rounds
         result.rounds_usage.append({"round": result.rounds, **reply.usage.to_json()})
         meta = {"round": result.rounds, "kind": kind, "usage": reply.usage.to_json()}
         if reply.model:
@@ -141,7 +101,7 @@ class Loop:
         self._add(inv, Message.of("assistant", reply.text, **meta))
         return reply.text
 
-    def _count_describer(self, result: Result, meta: dict[str, Any]) -> None:
+    def _count_describer(self, inv: Investigation, result: Result, meta: dict[str, Any]) -> None:
         """Describer calls made by this round's code: recorded with its result, and their
         tokens and cost counted in the round's and the unit's usage."""
         calls: list[DescriberCall] = self.describer.take() if self.describer else []
@@ -152,6 +112,7 @@ class Loop:
         for c in calls:
             used = used + c.usage
         result.usage = result.usage + used
+        inv.spent_usd = result.usage.cost_usd or 0.0
         entry = result.rounds_usage[-1]
         keys = (
             "input_tokens",
@@ -166,11 +127,13 @@ class Loop:
     def _run_code(self, blocks: list[str]) -> tuple[list[Part], float, int, list[dict[str, Any]]]:
         parts: list[Part] = []
         seconds = 0.0
+        self.host_seconds = 0.0
         restarts = 0
         records: list[dict[str, Any]] = []
         for i, code in enumerate(blocks):
-            cell = self.sandbox.run_cell(code)
+            cell = self.session.run_cell(code)
             records.extend(cell.records)
+            self.host_seconds += cell.host_seconds
             if cell.restarted and cell.restarted_before:
                 parts.append(TextPart(prompts.restart_note(cell.restarted), "note"))
             parts.extend(cell.parts)
@@ -205,7 +168,7 @@ class Loop:
         try:
             if self.describer is not None:
                 self.describer.begin(inv.unit)
-            setup = self.sandbox.begin(inv.unit)
+            setup = self.session.begin(inv.unit)
             inv.threshold = setup.threshold_note
             inv.target_description = setup.target_description
             self._add(inv, Message.of("system", prompts.system_prompt(setup.api), kind="system"))
@@ -231,20 +194,29 @@ class Loop:
             final = None
             for round_no in range(1, self.max_rounds + 1):
                 text = self._ask(inv, result, "experiment")
-                final = parse_final(text)
+                blocks = extract_code(text)
+                # A final answer counts when the reply runs no code: an answer next to code
+                # would leave the code unrun.
+                final = parse_final(text) if not blocks else None
                 if final:
                     break
-                blocks = extract_code(text)
                 if not blocks:
                     parts: list[Part] = [TextPart(prompts.CORRECTION, "note")]
                     meta = {"round": result.rounds, "kind": "correction"}
                 else:
                     parts, seconds, restarts, records = self._run_code(blocks)
+                    if parse_final(text):
+                        parts.append(TextPart(prompts.ANSWER_WITH_CODE, "note"))
                     result.sandbox_restarts += restarts
-                    meta = {"round": result.rounds, "kind": "result", "seconds": round(seconds, 3)}
+                    meta = {
+                        "round": result.rounds,
+                        "kind": "result",
+                        "seconds": round(seconds, 3),
+                        "host_seconds": round(self.host_seconds, 3),
+                    }
                     if records:
                         meta["tools"] = records
-                    self._count_describer(result, meta)
+                    self._count_describer(inv, result, meta)
                 if round_no == self.max_rounds:
                     parts.append(TextPart(prompts.final_request(self.max_rounds), "note"))
                 self._add(inv, Message("user", parts, meta))

@@ -65,14 +65,20 @@ def public_methods(obj: Any) -> list[tuple[str, Any]]:
     ]
 
 
-def api_text(system: Any, tools: Any) -> str:
-    """The API reference the agent reads: every public method of ``system`` and every tool."""
+def api_text(system: Any, tools: Any, implementations: dict[str, str] | None = None) -> str:
+    """The API reference the agent reads: every public method of ``system`` and every tool,
+    each tool with the implementation in use when it is not the capability's namesake."""
     lines = ["## system", _doc(type(system)), ""]
     for name, fn in public_methods(system):
         lines += [_entry("system", name, fn), ""]
     lines += ["## tools"]
     for name, fn in tools.items():
-        lines += [_entry("tools", name, fn), ""]
+        entry = _entry("tools", name, fn)
+        impl = (implementations or {}).get(name)
+        if impl and impl != name:
+            head, _, rest = entry.partition("\n")
+            entry = f"{head}  [implementation: {impl}]\n{rest}"
+        lines += [entry, ""]
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -109,6 +115,12 @@ CORRECTION = (
     "Your reply had neither a ```python code block nor a final answer. Either run an experiment "
     "by writing code in a ```python block, or, if you are done, answer exactly in this form:\n"
     + FINAL_FORMAT
+)
+
+
+ANSWER_WITH_CODE = (
+    "Your reply had code and a final answer; the code was run and the answer not taken. If you "
+    "are done, reply with the final answer alone, with no code."
 )
 
 

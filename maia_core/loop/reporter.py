@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import sys
+import threading
+import traceback
 
+from maia_core.loop.state import Investigation, RunInfo
 from maia_core.transcript import Message
-
-if TYPE_CHECKING:
-    from maia_core.loop.investigation import Investigation
-    from maia_core.loop.run import RunInfo
 
 
 class Reporter:
     """Override the events you need; each gets the live :class:`Investigation`.
 
     Reporters run in the main process. Write files with :mod:`maia_core.files` so they are
-    atomic; the unit's folder is ``investigation.out_dir``.
+    atomic; the unit's folder is ``investigation.out_dir``. Events of concurrent
+    investigations arrive one at a time (:class:`Reporters` serialises them).
     """
 
     def run_started(self, run: RunInfo) -> None:
@@ -33,6 +33,9 @@ class Reporter:
     def unit_finished(self, investigation: Investigation) -> None:
         """``investigation.result`` is set."""
 
+    def progress(self, run: RunInfo) -> None:
+        """Units done, in flight, spend: called whenever they change."""
+
     def run_finished(self, run: RunInfo, investigations: list[Investigation]) -> None:
         pass
 
@@ -41,14 +44,33 @@ class Reporter:
 
 
 class Reporters(Reporter):
-    """Several reporters behind one: each event goes to each, in order."""
+    """Several reporters behind one: each event goes to each, in order, one event at a time.
+
+    A reporter that raises is reported on stderr (once per reporter and event) and the others
+    go on: a broken report must never stop a study.
+    """
 
     def __init__(self, reporters: list[Reporter]):
         self.reporters = list(reporters)
+        self._lock = threading.RLock()
+        self._warned: set[tuple[int, str]] = set()
+        self.errors = 0
 
     def _each(self, event: str, *args: object) -> None:
-        for reporter in self.reporters:
-            getattr(reporter, event)(*args)
+        with self._lock:
+            for reporter in self.reporters:
+                try:
+                    getattr(reporter, event)(*args)
+                except Exception as exc:  # noqa: BLE001 - reporters must not abort a run
+                    self.errors += 1
+                    key = (id(reporter), event)
+                    if key not in self._warned:
+                        self._warned.add(key)
+                        where = "".join(traceback.format_tb(exc.__traceback__)[-1:]).strip()
+                        sys.stderr.write(
+                            f"maia: the {type(reporter).__name__} reporter failed in {event} "
+                            f"({type(exc).__name__}: {exc}); the run goes on. {where}\n"
+                        )
 
     def run_started(self, run: RunInfo) -> None:
         self._each("run_started", run)
@@ -64,6 +86,9 @@ class Reporters(Reporter):
 
     def unit_finished(self, investigation: Investigation) -> None:
         self._each("unit_finished", investigation)
+
+    def progress(self, run: RunInfo) -> None:
+        self._each("progress", run)
 
     def run_finished(self, run: RunInfo, investigations: list[Investigation]) -> None:
         self._each("run_finished", run, investigations)

@@ -1,4 +1,4 @@
-"""A run: many units of one target investigated by one backbone.
+"""A run: many units of one target investigated by one backbone, several at a time.
 
 Used by ``maia run`` and usable from notebooks::
 
@@ -9,26 +9,27 @@ Used by ``maia run`` and usable from notebooks::
 
 from __future__ import annotations
 
-import json
-import sys
-import traceback
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from maia_core import plugins
 from maia_core import units as unitspec
 from maia_core.backbone import Backbone
-from maia_core.errors import BackboneError, UserError
-from maia_core.execution.sandbox import DEFAULT_CELL_TIMEOUT, make_sandbox, parse_memory
-from maia_core.execution.world import WorldSpec
-from maia_core.files import slug
-from maia_core.loop.describer import Describer
-from maia_core.loop.investigation import DEFAULT_MAX_ROUNDS, Investigation, Loop, Result
+from maia_core.errors import UserError
+from maia_core.execution.sandbox import DEFAULT_CELL_TIMEOUT, make_execution, parse_memory
+from maia_core.execution.specs import WorldSpec
+from maia_core.files import ensure_output_folder
+from maia_core.loop.investigation import DEFAULT_MAX_ROUNDS
 from maia_core.loop.reporter import Reporter, Reporters
+from maia_core.loop.scheduler import Scheduler
+from maia_core.loop.state import Investigation, RunInfo
 from maia_core.providers.pricing import PriceTable
-from maia_core.units import Unit
 
 DEFAULT_REPORTERS = ("json", "html", "console")
+DEFAULT_CONCURRENCY = 4
+EXECUTORS = ("local", "ray")
 
 
 @dataclass
@@ -44,6 +45,8 @@ class RunConfig:
     bases: list[tuple[str, str]] = field(default_factory=list)
     backbone_options: dict[str, str] = field(default_factory=dict)
     tools: list[str] | None = None
+    # capability -> {option: value}, from --tool-option CAP.KEY=VALUE
+    tool_options: dict[str, dict[str, str]] = field(default_factory=dict)
     reporters: list[str] | None = None
     results: Path = Path("results")
     max_rounds: int = DEFAULT_MAX_ROUNDS
@@ -63,18 +66,14 @@ class RunConfig:
     budget_usd: float | None = None
     # JSON or TOML prices that override the built-in table (maia_core.providers.pricing).
     price_file: str | None = None
-
-
-@dataclass
-class RunInfo:
-    config: RunConfig
-    units: list[Unit]
-    backbone: str
-    target: str
-    describer: str | None = None
-    # Estimated USD this run has spent so far, and the units --budget-usd kept from starting.
-    spent_usd: float = 0.0
-    not_started: list[Unit] = field(default_factory=list)
+    # Investigations in flight at once; None: 4 with the process sandbox, 1 in-process.
+    concurrency: int | None = None
+    # "local", or "ray" to spread investigations over a Ray cluster's actors.
+    executor: str = "local"
+    ray_address: str | None = None
+    ray_actors: int | None = None
+    # Batch concurrent forward passes in the model host: "auto" (on a GPU), "on", "off".
+    batching: str = "auto"
 
 
 def selection(config: RunConfig) -> unitspec.Selection:
@@ -89,8 +88,42 @@ def selection(config: RunConfig) -> unitspec.Selection:
     )
 
 
-def make_backbone(spec: str, options: dict[str, str] | None = None) -> Backbone:
-    entry, arg = plugins.registry("backbones").resolve(spec)
+def check_config(config: RunConfig) -> None:
+    """Bad input, each a one-line error, before anything is loaded."""
+    ensure_output_folder(config.results, "--results")
+    timeout = config.cell_timeout
+    if timeout is not None and not (math.isfinite(timeout) and timeout > 0):
+        raise UserError(f"--cell-timeout must be a number of seconds above 0, not {timeout!r}.")
+    if config.max_rounds < 1:
+        raise UserError(f"--max-rounds must be at least 1, not {config.max_rounds}.")
+    if config.budget_usd is not None and not (
+        math.isfinite(config.budget_usd) and config.budget_usd >= 0
+    ):
+        raise UserError(
+            f"--budget-usd must be a number of dollars, 0 or more, not {config.budget_usd!r}."
+        )
+    if config.exemplars is not None and Path(config.exemplars).is_file():
+        raise UserError(
+            f"--exemplars {config.exemplars!r} is a file; give the folder of exemplar stores (or one store's folder)."
+        )
+    if config.concurrency is not None and config.concurrency < 1:
+        raise UserError(f"--concurrency must be at least 1, not {config.concurrency}.")
+    if config.sandbox == "none" and (config.concurrency or 1) > 1:
+        raise UserError(
+            "--sandbox none runs one investigation at a time, in this process; drop --concurrency or use --sandbox process."
+        )
+    if config.executor not in EXECUTORS:
+        raise UserError(f"Unknown --executor {config.executor!r}. Use local or ray.")
+    if config.batching not in ("auto", "on", "off"):
+        raise UserError(f"--batching must be auto, on or off, not {config.batching!r}.")
+    if config.ray_address and config.executor != "ray":
+        raise UserError("--ray-address needs --executor ray.")
+
+
+def make_backbone(
+    spec: str, options: dict[str, str] | None = None, flag: str = "--backbone"
+) -> Backbone:
+    entry, arg = plugins.registry("backbones").resolve(spec, flag=flag)
     backbone = entry.factory(arg, **(options or {}))
     backbone.name = backbone.name or spec
     return backbone
@@ -108,7 +141,9 @@ def make_backbones(config: RunConfig) -> tuple[Backbone, Backbone]:
     describer = agent
     if config.describer and (config.describer != config.backbone or config.describer_options):
         try:
-            describer = make_backbone(config.describer, config.describer_options)
+            describer = make_backbone(
+                config.describer, config.describer_options, flag="--describer"
+            )
         except BaseException:
             agent.close()
             raise
@@ -136,93 +171,112 @@ def make_reporters(names: list[str] | None, results: Path) -> Reporters:
     return Reporters([registry.resolve(n)[0].factory(results) for n in chosen])
 
 
-def unit_dir(results: Path, backbone: Backbone, target: str, unit: Unit) -> Path:
-    """``results/<backbone>/<target>/<layer>/<unit>/``"""
-    return Path(results) / backbone.slug / slug(target) / slug(unit.layer) / str(unit.index)
-
-
-def completed(out_dir: Path) -> bool:
-    try:
-        return json.loads((out_dir / "result.json").read_text()).get("status") == "completed"
-    except (OSError, ValueError):
-        return False
-
-
-def run(config: RunConfig, reporter: Reporter | None = None) -> list[Investigation]:
-    """Investigate every selected unit; returns the investigations, finished or skipped."""
-    wanted = selection(config)
-    plugins.registry("targets").resolve(config.target)  # an unknown target fails before any loading
-    plugins.select_tools(config.tools)  # unknown tools fail here; defaults resolve where models load
-    memory_limit = parse_memory(config.memory_limit)
-    results = Path(config.results)
-    backbone, describer_backbone = make_backbones(config)
-    describer_name = describer_backbone.name if describer_backbone is not backbone else None
-    describer = Describer(describer_backbone)
-    reporters = reporter or make_reporters(config.reporters, results)
-
-    spec = WorldSpec(
+def world_spec(config: RunConfig) -> WorldSpec:
+    return WorldSpec(
         target=config.target,
         target_options=dict(config.target_options),
         bases=list(config.bases),
         tools=list(config.tools) if config.tools is not None else None,
+        tool_options={cap: dict(opts) for cap, opts in config.tool_options.items()},
         device=config.device,
         precision=config.precision,
         exemplars=config.exemplars,
+        batching=config.batching,
     )
 
-    sandbox = make_sandbox(
-        config.sandbox,
-        spec,
-        ask_backbone=describer,
-        cell_timeout=config.cell_timeout,
-        memory_limit=memory_limit,
-        log_path=results / "worker.log",
+
+def select_units(
+    config: RunConfig, wanted: unitspec.Selection, layers: dict[str, Any]
+) -> list[unitspec.Unit]:
+    selected = unitspec.expand(wanted, layers, config.target)
+    how = "the selection"
+    if config.random is not None:
+        selected = unitspec.sample(selected, config.random, config.seed)
+    if config.chunk:
+        index, total = unitspec.parse_chunk(config.chunk)
+        how = f"chunk {config.chunk} of the {len(selected)} selected unit(s)"
+        selected = unitspec.chunk(selected, index, total)
+    if not selected:
+        raise UserError(
+            f"Zero units selected: {how} is empty. Check --units, --unit-file and --chunk."
+        )
+    return selected
+
+
+def run(config: RunConfig, reporter: Reporter | None = None) -> list[Investigation]:
+    """Investigate every selected unit; returns the investigations, finished or skipped."""
+    check_config(config)
+    wanted = selection(config)
+    plugins.registry("targets").resolve(config.target)  # an unknown target fails before any loading
+    plugins.select_tools(
+        config.tools
+    )  # unknown tools fail here; defaults resolve where models load
+    memory_limit = parse_memory(config.memory_limit)
+    concurrency = config.concurrency or (1 if config.sandbox == "none" else DEFAULT_CONCURRENCY)
+    results = Path(config.results)
+    backbone, describer_backbone = make_backbones(config)
+    describer_name = describer_backbone.name if describer_backbone is not backbone else None
+    reporters = (
+        reporter
+        if isinstance(reporter, Reporters)
+        else (
+            Reporters([reporter])
+            if reporter is not None
+            else make_reporters(config.reporters, results)
+        )
     )
-    investigations: list[Investigation] = []
+    spec = world_spec(config)
+    if config.executor == "ray":
+        from maia_core.execution.ray_executor import RayExecution
+
+        execution = RayExecution(
+            spec,
+            address=config.ray_address,
+            actors=config.ray_actors,
+            concurrency=concurrency,
+            cell_timeout=config.cell_timeout,
+            memory_limit=memory_limit,
+            sandbox=config.sandbox,
+        )
+    else:
+        execution = make_execution(
+            config.sandbox,
+            spec,
+            cell_timeout=config.cell_timeout,
+            memory_limit=memory_limit,
+            log_dir=results / "logs",
+        )
+    interrupted = False
     try:
-        sandbox.start()
-        layers = sandbox.layer_infos(list(wanted))
-        selected = unitspec.expand(wanted, layers, config.target)
-        if config.random is not None:
-            selected = unitspec.sample(selected, config.random, config.seed)
-        if config.chunk:
-            selected = unitspec.chunk(selected, *unitspec.parse_chunk(config.chunk))
-        info = RunInfo(config, selected, backbone.name, config.target, describer_name)
+        execution.start()
+        layers = execution.layer_infos(list(wanted))
+        selected = select_units(config, wanted, layers)
+        info = RunInfo(
+            config,
+            selected,
+            backbone.name,
+            config.target,
+            describer_name,
+            concurrency=concurrency,
+            tools=dict(execution.tools),
+        )
         reporters.run_started(info)
-        loop = Loop(backbone, sandbox, reporters, max_rounds=config.max_rounds, describer=describer)
-        for unit in selected:
-            inv = Investigation(
-                unit,
-                config.target,
-                backbone.name,
-                unit_dir(results, backbone, config.target, unit),
-                describer=describer_name,
-            )
-            if not config.force and completed(inv.out_dir):
-                investigations.append(inv)
-                reporters.unit_skipped(inv)
-                continue
-            if config.budget_usd is not None and info.spent_usd >= config.budget_usd:
-                # Not started, so nothing is written: a later run with more budget resumes here.
-                info.not_started.append(unit)
-                continue
-            investigations.append(inv)
-            reporters.unit_started(inv)
-            try:
-                loop.run(inv)
-            except (BackboneError, RuntimeError) as exc:
-                # The backbone gave up, or the sandbox could not serve this unit: mark it
-                # failed and go on with the others.
-                inv.result = inv.result or Result("failed")
-                inv.result.status = "failed"
-                inv.result.error = f"{type(exc).__name__}: {exc}"
-                if not isinstance(exc, BackboneError):
-                    traceback.print_exc(file=sys.stderr)
-            info.spent_usd += inv.result.usage.cost_usd or 0.0
-            reporters.unit_finished(inv)
+        scheduler = Scheduler(
+            config,
+            execution,
+            backbone,
+            describer_backbone,
+            reporters,
+            info,
+            concurrency=concurrency,
+        )
+        investigations = scheduler.run(selected)
         reporters.run_finished(info, investigations)
+    except KeyboardInterrupt:
+        interrupted = True
+        raise
     finally:
-        sandbox.close()
+        execution.close(now=interrupted)
         backbone.close()
         if describer_backbone is not backbone:
             describer_backbone.close()

@@ -25,6 +25,7 @@ from maia_core.images import decode_image, encode_image, resize_longest, sniff_m
 from maia_core.loop.describer import DESCRIBER_KIND
 from maia_core.options import as_bool, as_float, as_int, reject_unknown
 from maia_core.providers.context import ContextFitter, ImageTokens, image_size
+from maia_core.providers.limiter import RateLimiter
 from maia_core.providers.pricing import PriceTable
 from maia_core.providers.retry import Retry, RetryPolicy, call_with_retries, parse_retry_after
 from maia_core.transcript import ImagePart, Message, TextPart
@@ -42,6 +43,9 @@ COMMON_OPTIONS = (
     "context_tokens",
     "image_size",
     "merge_system",
+    "max_concurrent_requests",
+    "requests_per_minute",
+    "tokens_per_minute",
 )
 
 
@@ -58,6 +62,10 @@ class ApiOptions:
     context_tokens: int | None = None
     image_size: int = DEFAULT_IMAGE_SIZE
     merge_system: bool = False
+    # Shared by every investigation on this backbone (maia_core.providers.limiter).
+    max_concurrent_requests: int | None = None
+    requests_per_minute: int | None = None
+    tokens_per_minute: int | None = None
     extra: dict[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -92,8 +100,36 @@ class ApiOptions:
             o.image_size = int(_positive(as_int(options["image_size"], "image_size"), "image_size"))
         if "merge_system" in options:
             o.merge_system = as_bool(options["merge_system"], "merge_system")
+        for name in ("max_concurrent_requests", "requests_per_minute", "tokens_per_minute"):
+            if name in options:
+                setattr(o, name, int(_positive(as_int(options[name], name), name)))
+        if o.base_url is not None:
+            check_base_url(o.base_url)
         o.extra = {k: str(v) for k, v in options.items() if k in extra}
         return o
+
+
+def check_base_url(url: str) -> None:
+    """A server address maia can reach: http(s)://host[:port][/path]. Checked before any unit
+    runs, so a typo is one line, not minutes of retries per unit."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise UserError(
+            f"Malformed --base-url {url!r} ({exc}). Expected e.g. http://localhost:11434/v1."
+        ) from None
+    if (
+        parts.scheme not in ("http", "https")
+        or not parts.hostname
+        or (port is not None and not 0 < port < 65536)
+    ):
+        raise UserError(
+            f"Malformed --base-url {url!r}. Expected http:// or https://, a host and an optional port, "
+            "e.g. http://localhost:11434/v1."
+        )
 
 
 def _positive(value: float, name: str) -> float:
@@ -201,6 +237,9 @@ class ApiBackbone(Backbone):
             )
         self.fitter = ContextFitter(budget, self.image_rule())
         self._prepared: dict[int, tuple[bytes, ImagePart]] = {}
+        self.limiter = RateLimiter(
+            options.max_concurrent_requests, options.requests_per_minute, options.tokens_per_minute
+        )
 
     # -- what a provider defines ----------------------------------------------------------------
     def image_rule(self) -> ImageTokens:
@@ -248,9 +287,23 @@ class ApiBackbone(Backbone):
     def complete(self, messages: list[Message]) -> Reply:
         fitted, report = self.fitter.fit([self._prepare(m) for m in messages])
         body = self.request(fitted)
-        answer = call_with_retries(
-            lambda: self.send(body), self.classify, self.policy, what=f"{self.name or self.model}"
+        expected = (
+            report.estimated_tokens + self.options.max_output_tokens if self.limiter.tpm else 0
         )
+
+        def attempt() -> Answer:
+            with self.limiter.slot(expected):
+                return self.send(body)
+
+        answer = call_with_retries(
+            attempt,
+            self.classify,
+            self.policy,
+            what=f"{self.name or self.model}",
+            on_retry=self._slow_down,
+        )
+        if self.limiter.tpm:
+            self.limiter.record(answer.input_tokens + answer.output_tokens - expected)
         if not (messages and messages[0].meta.get("kind") == DESCRIBER_KIND):
             # Short describer requests (mostly image) would skew the text estimate for the agent.
             self.fitter.calibrate(report.estimated_tokens, answer.input_tokens)
@@ -277,6 +330,10 @@ class ApiBackbone(Backbone):
             answer.cache_write_tokens,
         )
         return Reply(answer.text, usage, answer.model or self.model, meta)
+
+    def _slow_down(self, verdict: Retry, wait: float) -> None:
+        if verdict.rate_limited:
+            self.limiter.pause(wait)
 
     def price_known(self) -> bool:
         return (self.prices or PriceTable()).lookup(self.model) is not None
@@ -308,7 +365,7 @@ class ApiBackbone(Backbone):
     def classify_status(self, status: int, detail: str, headers: Any) -> Retry | BaseException:
         label = f"{self.provider} answered {status}" + (f": {detail}" if detail else "")
         if status in (408, 429, 529) or status >= 500:
-            return Retry(label, parse_retry_after(headers))
+            return Retry(label, parse_retry_after(headers), rate_limited=status in (429, 529))
         if status == 401:
             how = (
                 f"Check the key in {self.key_env}."

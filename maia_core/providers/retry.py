@@ -49,6 +49,8 @@ class Retry:
 
     reason: str
     after: float | None = None
+    # The provider said to slow down (429, 529): every request on the backbone should wait.
+    rate_limited: bool = False
 
 
 Classifier = Callable[[Exception], "Retry | BaseException"]
@@ -86,11 +88,13 @@ def call_with_retries(
     what: str,
     sleep: Callable[[float], None] = time.sleep,
     rng: random.Random | None = None,
+    on_retry: Callable[[Retry, float], None] | None = None,
 ) -> T:
     """``fn()``, retried as ``classify`` and ``policy`` say.
 
     Raises what ``classify`` returns for errors not worth retrying, and a
-    :class:`BackboneError` naming the last error once the attempts are spent.
+    :class:`BackboneError` naming the last error once the attempts are spent. ``on_retry``
+    hears of every retry and its wait (a shared rate limiter pauses everyone on a 429).
     """
     rng = rng or random.Random()
     attempts = max(1, policy.attempts)
@@ -114,5 +118,7 @@ def call_with_retries(
                 attempt + 1,
                 attempts,
             )
+            if on_retry is not None:
+                on_retry(verdict, wait)
             sleep(wait)
     raise AssertionError("unreachable")

@@ -14,7 +14,8 @@ A store is a folder, by default ``exemplars/<target>/<dataset>/``::
         bottom_values  [U, k]        float32  lowest spatial-max activations, ascending
         bottom_indices [U, k]        int64
         bottom_maps    [U, k, h, w]  float16
-        thresholds     [U]           float32  the unit's 0.99 quantile over all positions
+        thresholds     [U]           float32  the unit's 0.99 quantile over all positions, or the
+                                              threshold the target fixes (see fixed_threshold)
         top_masks / bottom_masks [U, k, ceil(H*W/8)] uint8   (imported MAIA stores only):
                               bit-packed masks at image resolution, instead of maps
     images/<index>.jpg        with --embed-images (and in imported stores): the model's view
@@ -383,6 +384,7 @@ class ExemplarComputation:
             items,
             batch_size=self.config.batch_size,
             num_workers=self.config.workers,
+            worker_init_fn=_die_with_parent if self.config.workers else None,
             collate_fn=_collate,
             pin_memory=self.device.type == "cuda",
             persistent_workers=False,
@@ -401,12 +403,16 @@ class ExemplarComputation:
 
         stop = []
         handled = threading.current_thread() is threading.main_thread()
-        previous = signal.signal(signal.SIGINT, lambda *_: stop.append(True)) if handled else None
+        # SIGTERM (SLURM, timeout, docker) and SIGHUP stop like Ctrl-C: checkpoint, then exit.
+        signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+        previous = (
+            {s: signal.signal(s, lambda *_: stop.append(True)) for s in signals} if handled else {}
+        )
         try:
             return self._run(progress, stop)
         finally:
-            if handled:
-                signal.signal(signal.SIGINT, previous)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
     def _run(self, progress: Callable[[int, int], None] | None, stop: list[bool]) -> dict[str, Any]:
         last_save = time.monotonic()
@@ -444,6 +450,9 @@ class ExemplarComputation:
         used: set[int] = set()
         for info in self.infos:
             tensors = self.layers[info.name].result()
+            fixed = fixed_threshold(self.target, info.name)
+            if fixed is not None:
+                tensors["thresholds"] = torch.full_like(tensors["thresholds"], fixed)
             atomic_write_bytes(self.out / layer_file(info.name), save(tensors))
             used.update(tensors["top_indices"].flatten().tolist())
             used.update(tensors["bottom_indices"].flatten().tolist())
@@ -455,6 +464,8 @@ class ExemplarComputation:
                 "k": int(tensors["top_values"].shape[1]),
                 "masks": "maps",
             }
+            if fixed is not None:
+                layers_meta[info.name]["fixed_threshold"] = fixed
         atomic_write_json(
             self.out / "items.json", [self.dataset.item_id(i) for i in range(self.n)], indent=None
         )
@@ -491,6 +502,25 @@ class ExemplarComputation:
             "skipped_indices": self.skipped[:20],
             "layers": list(layers_meta),
         }
+
+
+def fixed_threshold(target: Any, layer: str) -> float | None:
+    """The threshold a target fixes for a layer's masks, if it fixes one (a target may define
+    ``fixed_threshold(layer) -> float | None``: synthetic neurons use 0, their region being
+    everything the detector marks); the store then holds it instead of the 0.99 quantile."""
+    method = getattr(target, "fixed_threshold", None)
+    if method is None:
+        return None
+    value = method(layer)
+    return None if value is None else float(value)
+
+
+def _die_with_parent(_worker_id: int) -> None:
+    """DataLoader workers die with the computation, even a SIGKILLed one (no orphans holding
+    hundreds of MB each)."""
+    from maia_core.execution.isolation import die_with_parent
+
+    die_with_parent()
 
 
 def preprocess_json(preprocess: Any) -> dict[str, Any]:
@@ -533,13 +563,65 @@ class ExemplarStore:
         manifest = self.folder / "manifest.json"
         if not manifest.is_file():
             raise UserError(f"{self.folder} is not an exemplar store (no manifest.json).")
-        self.manifest = json.loads(manifest.read_text())
+        try:
+            self.manifest = json.loads(manifest.read_text())
+        except (OSError, ValueError) as exc:
+            raise self.damaged(
+                f"its manifest.json is not readable JSON ({type(exc).__name__})"
+            ) from None
+        if not isinstance(self.manifest, dict):
+            raise self.damaged("its manifest.json is not a JSON object")
         if self.manifest.get("format") != FORMAT:
             raise UserError(
                 f"{self.folder} has store format {self.manifest.get('format')!r}; this maia reads {FORMAT}."
             )
         self._dataset: Any = None
         self._items: list[str] | None = None
+        self._check()
+
+    def damaged(self, why: str) -> UserError:
+        """The one-line error for a store that cannot be read, with how to rebuild it."""
+        target = (
+            (self.manifest.get("target") or {}).get("spec", "TARGET")
+            if isinstance(getattr(self, "manifest", None), dict)
+            else "TARGET"
+        )
+        dataset = (
+            (self.manifest.get("dataset") or {}).get("spec", "DATASET")
+            if isinstance(getattr(self, "manifest", None), dict)
+            else "DATASET"
+        )
+        return UserError(
+            f"The exemplar store {self.folder} is damaged: {why}. Rebuild it with: maia exemplars compute "
+            f"--target {target} --dataset {dataset} --layers all --out {self.folder} --force"
+        )
+
+    def _check(self) -> None:
+        """Every layer file the manifest names is there and readable (headers only: cheap)."""
+        from safetensors import safe_open
+
+        try:
+            layers = self.manifest["layers"]
+            self.manifest["target"]["spec"]
+            self.manifest["dataset"]["spec"]
+            self.manifest["preprocess"]["size"]
+        except (KeyError, TypeError):
+            raise self.damaged(
+                "its manifest.json lacks layers, target, dataset or preprocess"
+            ) from None
+        for layer, meta in layers.items():
+            path = self.folder / str(meta.get("file", ""))
+            if not path.is_file():
+                raise self.damaged(f"the file of layer {layer} ({path.name}) is missing")
+            try:
+                with safe_open(str(path), "pt") as f:
+                    keys = set(f.keys())
+            except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types
+                raise self.damaged(
+                    f"the file of layer {layer} is unreadable ({type(exc).__name__}: {exc})"
+                ) from None
+            if not {"top_values", "top_indices", "thresholds"} <= keys:
+                raise self.damaged(f"the file of layer {layer} lacks its tensors")
 
     @property
     def layers(self) -> dict[str, dict[str, Any]]:

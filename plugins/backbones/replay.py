@@ -45,7 +45,11 @@ def make_replay(arg: str | None, **options: str) -> ReplayBackbone:
 
 
 def assistant_turns(obj: Any, source: str) -> list[str]:
-    """The assistant texts of a recorded transcript, in order."""
+    """The assistant texts of a recorded transcript, in order.
+
+    Anything that is not a turn is an error naming where it is, never silently dropped: a
+    replay that skipped a turn would replay a different investigation.
+    """
     if isinstance(obj, dict) and "messages" in obj:
         obj = obj["messages"]
     if not isinstance(obj, list):
@@ -53,21 +57,30 @@ def assistant_turns(obj: Any, source: str) -> list[str]:
             f"Replay file {source} must hold a maia history.json or a JSON list of strings."
         )
     turns = []
-    for item in obj:
+    for i, item in enumerate(obj):
         if isinstance(item, str):
             turns.append(item)
-        elif isinstance(item, dict) and item.get("role") == "assistant":
+        elif isinstance(item, dict) and "role" in item:
+            if item.get("role") != "assistant":
+                continue
             content = item.get("parts", item.get("content", ""))
             if isinstance(content, str):
                 turns.append(content)
-            else:  # maia parts, or OpenAI-style content blocks as in MAIA's history.json
+            elif isinstance(content, list) and all(isinstance(p, dict) for p in content):
+                # maia parts, or OpenAI-style content blocks as in MAIA's history.json
                 turns.append(
-                    "\n".join(
-                        p.get("text", "")
-                        for p in content
-                        if isinstance(p, dict) and p.get("type") == "text"
-                    )
+                    "\n".join(str(p.get("text", "")) for p in content if p.get("type") == "text")
                 )
+            else:
+                raise UserError(
+                    f"Replay file {source}: message {i} is an assistant turn whose content is a "
+                    f"{type(content).__name__}, not text or a list of parts."
+                )
+        else:
+            raise UserError(
+                f"Replay file {source}: item {i} is a {type(item).__name__}, not a turn; a replay "
+                "file is a JSON list of strings or a history.json."
+            )
     if not turns:
         raise UserError(f"Replay file {source} holds no assistant turns.")
     return turns
@@ -93,12 +106,23 @@ class Recording:
 
 def _load(path: Path) -> Recording:
     try:
-        obj = json.loads(path.read_text())
+        text = path.read_bytes().decode("utf-8-sig")  # a byte-order mark is allowed
+        obj = json.loads(text)
         return Recording(assistant_turns(obj, str(path)), describer_replies(obj))
     except FileNotFoundError:
         raise UserError(f"Replay file {str(path)!r} does not exist.") from None
+    except IsADirectoryError:
+        raise UserError(
+            f"Replay file {str(path)!r} is a folder without the unit's history.json."
+        ) from None
+    except UnicodeDecodeError:
+        raise UserError(
+            f"Replay file {str(path)!r} is not text: a replay file is JSON (a history.json or a list of strings)."
+        ) from None
     except json.JSONDecodeError as exc:
         raise UserError(f"Replay file {str(path)!r} is not valid JSON: {exc}.") from None
+    except OSError as exc:
+        raise UserError(f"Cannot read replay file {str(path)!r}: {exc.strerror or exc}.") from None
 
 
 class ReplayBackbone(Backbone):
@@ -113,7 +137,16 @@ class ReplayBackbone(Backbone):
 
     @property
     def slug(self) -> str:
-        return "replay"
+        """``replay-<name>``: each recording gets its own results folder, so a second replay
+        is not mistaken for the first one's finished units."""
+        path = self.path.resolve()
+        if path.is_dir():
+            name = "-".join(path.parts[-2:])
+        else:
+            name = (
+                path.stem if path.stem != "history" else "-".join([*path.parts[-4:-1], path.stem])
+            )
+        return slug(f"replay-{name}")
 
     def _recording_for(self, messages: list[Message]) -> tuple[Recording, Path]:
         if self.path.is_file():

@@ -12,12 +12,13 @@ from rich.progress import (
     SpinnerColumn,
     TextColumn,
     TimeElapsedColumn,
+    TimeRemainingColumn,
 )
 from rich.table import Table
 
 from maia_core import hookimpl
-from maia_core.loop.investigation import Investigation
 from maia_core.loop.reporter import Reporter
+from maia_core.loop.state import Investigation
 from maia_core.transcript import Message
 
 STYLE = {"completed": "green", "incomplete": "yellow", "failed": "red", "skipped": "dim"}
@@ -29,65 +30,79 @@ def register_reporters(register):
 
 
 class ConsoleReporter(Reporter):
+    """A progress bar over the run (units done and left, spend, ETA) and a line for each unit
+    in flight with its round; a line per finished unit; a summary table at the end."""
+
     def __init__(self, results: Path, console: Console | None = None, **options: str):
         self.results = Path(results)
         self.console = console or Console()
-        self.progress: Progress | None = None
+        self.bar: Progress | None = None
         self.task = None
-        self.skipped: set[int] = set()
+        self.units: dict[int, object] = {}
 
     def run_started(self, run) -> None:
         describer = getattr(run, "describer", None)
+        tools = getattr(run, "tools", {}) or {}
+        shown = ", ".join(f"{c}={i}" if c != i else c for c, i in sorted(tools.items()))
         self.console.print(
             f"[bold]maia[/]: {len(run.units)} unit(s) of [cyan]{run.target}[/] with [cyan]{run.backbone}[/]"
             + (f" (describer [cyan]{describer}[/])" if describer else "")
-            + f" -> {self.results}"
+            + f", {getattr(run, 'concurrency', 1)} at a time -> {self.results}",
+            highlight=False,
         )
-        self.progress = Progress(
+        if shown:
+            self.console.print(f"[dim]tools: {shown}[/]", highlight=False)
+        self.bar = Progress(
             SpinnerColumn(),
             TextColumn("{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
+            TextColumn("{task.fields[spent]}"),
             TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
             console=self.console,
             transient=True,
         )
-        self.progress.start()
-        self.task = self.progress.add_task("starting", total=len(run.units))
-
-    def _describe(self, inv: Investigation, round_no: int | None = None) -> str:
-        where = f"{inv.unit.layer}={inv.unit.index}"
-        return where if round_no is None else f"{where} round {round_no}"
+        self.bar.start()
+        self.task = self.bar.add_task("units", total=len(run.units), spent="")
 
     def unit_started(self, inv: Investigation) -> None:
-        if self.progress:
-            self.progress.update(self.task, description=self._describe(inv))
-
-    def message_added(self, inv: Investigation, message: Message) -> None:
-        if self.progress and message.role == "assistant":
-            self.progress.update(
-                self.task, description=self._describe(inv, message.meta.get("round"))
+        if self.bar:
+            self.units[id(inv)] = self.bar.add_task(
+                f"  {inv.name}", total=None, spent="", start=True
             )
 
+    def message_added(self, inv: Investigation, message: Message) -> None:
+        task = self.units.get(id(inv))
+        if self.bar and task is not None and message.role == "assistant":
+            self.bar.update(task, description=f"  {inv.name} round {message.meta.get('round')}")
+
+    def progress(self, run) -> None:
+        if self.bar is not None and self.task is not None:
+            spent = getattr(run, "spent_usd", 0.0)
+            self.bar.update(self.task, completed=run.done, spent=f"${spent:.4f}" if spent else "")
+
     def unit_skipped(self, inv: Investigation) -> None:
-        self.skipped.add(id(inv))
-        self.console.print(
-            f"[dim]- {self._describe(inv)} already completed; skipped (use --force to redo)[/]"
-        )
-        if self.progress:
-            self.progress.advance(self.task)
+        reason = inv.skip_reason or "completed"
+        if reason == "completed":
+            text = f"[dim]- {inv.name} already completed; skipped (use --force to redo)[/]"
+        else:
+            text = f"[yellow]- {inv.name} skipped: {reason}[/]"
+        self.console.print(text, highlight=False)
 
     def unit_finished(self, inv: Investigation) -> None:
+        task = self.units.pop(id(inv), None)
+        if self.bar and task is not None:
+            self.bar.remove_task(task)
         r = inv.result
         mark = {"completed": "✓", "incomplete": "…", "failed": "✗"}.get(r.status, "?")
         detail = f": {r.label}" if r.label else (f": {r.error}" if r.error else "")
         self.console.print(
-            f"[{STYLE.get(r.status, 'white')}]{mark} {self._describe(inv)} {r.status}[/] "
+            f"[{STYLE.get(r.status, 'white')}]{mark} {inv.name} {r.status}[/] "
             f"in {r.rounds} round(s), {r.wall_time_s:.1f} s{detail}",
             highlight=False,
         )
-        if self.progress:
-            self.progress.advance(self.task)
 
     def run_finished(self, run, investigations: list[Investigation]) -> None:
         self.close()
@@ -96,10 +111,9 @@ class ConsoleReporter(Reporter):
         totals = {"rounds": 0, "in": 0, "out": 0, "cost": 0.0, "known_cost": False}
         rows = []
         for inv in investigations:
-            if id(inv) in self.skipped or inv.result is None:
-                rows.append(
-                    [f"{inv.unit.layer}={inv.unit.index}", "[dim]skipped[/]", "", "", "", "", ""]
-                )
+            if inv.skip_reason or inv.result is None:
+                what = "skipped" if inv.skip_reason in (None, "completed") else "locked"
+                rows.append([inv.name, f"[dim]{what}[/]", "", "", "", "", ""])
                 continue
             r = inv.result
             totals["rounds"] += r.rounds
@@ -110,7 +124,7 @@ class ConsoleReporter(Reporter):
                 totals["known_cost"] = True
             rows.append(
                 [
-                    f"{inv.unit.layer}={inv.unit.index}",
+                    inv.name,
                     f"[{STYLE.get(r.status, 'white')}]{r.status}[/]",
                     str(r.rounds),
                     f"{r.usage.input_tokens:,}",
@@ -133,6 +147,13 @@ class ConsoleReporter(Reporter):
         for row in rows:
             table.add_row(*row)
         self.console.print(table)
+        locked = getattr(run, "locked", [])
+        if locked:
+            self.console.print(
+                f"[yellow]{len(locked)} unit(s) were being studied by another run and were skipped; "
+                "run the same command again once it ends.[/]",
+                highlight=False,
+            )
         budget = getattr(run.config, "budget_usd", None)
         if budget is not None:
             spent = getattr(run, "spent_usd", 0.0)
@@ -150,6 +171,6 @@ class ConsoleReporter(Reporter):
                 )
 
     def close(self) -> None:
-        if self.progress is not None:
-            self.progress.stop()
-            self.progress = None
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None

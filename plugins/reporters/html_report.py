@@ -22,9 +22,11 @@ from pygments.lexers import PythonLexer
 from maia_core import hookimpl
 from maia_core.files import atomic_write_bytes, atomic_write_text
 from maia_core.images import data_uri, resize_longest
-from maia_core.loop.investigation import Investigation
 from maia_core.loop.reporter import Reporter
-from maia_core.transcript import ImagePart, Message, TextPart
+from maia_core.loop.results import read_result
+from maia_core.loop.state import Investigation, Result
+from maia_core.transcript import ImagePart, Message, TextPart, transcript_from_json
+from maia_core.units import Unit
 
 THUMB = 112
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
@@ -63,6 +65,8 @@ table.index { border-collapse: collapse; width: 100%; background: #fff; }
 table.index th, table.index td { border-bottom: 1px solid var(--line); padding: 6px 10px; text-align: left; vertical-align: middle; }
 table.index img { width: 64px; height: 64px; object-fit: cover; border-radius: 4px; }
 a { color: var(--accent); }
+.truth { margin-top: 6px; color: #176b2c; }
+details.records { font-size: 13px; color: var(--muted); margin-top: 6px; }
 """
 
 
@@ -150,7 +154,27 @@ def render_message(message: Message) -> str:
         "correction": "maia",
         "final_request": "maia",
     }.get(kind, "User")
-    return f'<section class="msg user"><div class="who">{who}</div>{render_parts(message.parts)}</section>'
+    records = render_records(message.meta.get("tools") or [])
+    return f'<section class="msg user"><div class="who">{who}</div>{render_parts(message.parts)}{records}</section>'
+
+
+def render_records(records: list[Any]) -> str:
+    """What the tools recorded about their calls (implementation, seed, parameters), so an
+    image can be traced to what made it and made again."""
+    items = []
+    for record in records:
+        if not isinstance(record, dict):
+            continue
+        head = " ".join(str(record.get(k, "")) for k in ("tool", "implementation") if record.get(k))
+        rest = ", ".join(
+            f"{k}={json.dumps(v, ensure_ascii=False)[:200]}"
+            for k, v in record.items()
+            if k not in ("tool", "implementation")
+        )
+        items.append(f"<li><b>{html.escape(head)}</b> {html.escape(rest)}</li>")
+    if not items:
+        return ""
+    return f'<details class="records"><summary>Tool calls ({len(items)})</summary><ul>{"".join(items)}</ul></details>'
 
 
 def _fmt_cost(cost: float | None) -> str:
@@ -174,17 +198,26 @@ def render_report(inv: Investigation) -> str:
         ("Cost", _fmt_cost(usage["cost_usd"])),
         ("Mask threshold", html.escape(inv.threshold)),
     ]
+    if inv.tools:
+        rows.append(
+            ("Tools", html.escape(", ".join(f"{c}: {i}" for c, i in sorted(inv.tools.items()))))
+        )
     if r["sandbox_restarts"]:
         rows.append(("Sandbox restarts", str(r["sandbox_restarts"])))
     if r["error"]:
         rows.append(("Error", f'<pre class="error">{html.escape(r["error"])}</pre>'))
     meta = "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in rows)
     answer = ""
+    truth = ""
+    if inv.ground_truth is not None:
+        truth = f'<div class="truth"><b>Ground truth:</b> {html.escape(describe_truth(inv.ground_truth))}</div>'
     if r["description"] is not None:
         answer = (
             f'<div class="answer"><b>Label:</b> {html.escape(r["label"] or "")}'
-            f'<div class="prose"><b>Description:</b> {html.escape(r["description"])}</div></div>'
+            f'<div class="prose"><b>Description:</b> {html.escape(r["description"])}</div>{truth}</div>'
         )
+    elif truth:
+        answer = f'<div class="answer">{truth}</div>'
     title = f"Unit {inv.unit.index} of {inv.unit.layer} in {inv.target}"
     body = (
         f'<header><div class="inner"><h1>{html.escape(title)}</h1><table class="meta">{meta}</table>{answer}</div></header>'
@@ -209,25 +242,81 @@ def _thumbnail(part: ImagePart) -> bytes:
     return buf.getvalue()
 
 
+def describe_truth(truth: Any) -> str:
+    """A synthetic neuron's ground truth in a few words: ``or: dog, horse``."""
+    if not isinstance(truth, dict):
+        return str(truth)
+    concepts = truth.get("concepts")
+    names = ", ".join(map(str, concepts)) if isinstance(concepts, list) else str(concepts or "")
+    return f"{truth.get('mode', '')}: {names}".strip(": ")
+
+
+INDEX_COLUMNS = (
+    "",
+    "Backbone",
+    "Target",
+    "Layer",
+    "Unit",
+    "Status",
+    "Label",
+    "Ground truth",
+    "Rounds",
+    "Cost",
+)
+
+
+def _text(value: Any) -> str:
+    return html.escape("" if value is None else str(value))
+
+
 def _sort_key(row: dict[str, Any]) -> tuple:
+    unit = row.get("unit")
     return (
-        str(row.get("backbone")),
-        str(row.get("target")),
-        str(row.get("layer")),
-        int(row.get("unit") or 0),
+        _text(row.get("backbone")),
+        _text(row.get("target")),
+        _text(row.get("layer")),
+        (0, unit, "")
+        if isinstance(unit, int) and not isinstance(unit, bool)
+        else (1, 0, _text(unit)),
     )
 
 
-def render_index(results: Path) -> str:
-    rows = []
-    for path in results.rglob("result.json"):
-        try:
-            row = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        row["_dir"] = path.parent
-        rows.append(row)
-    rows.sort(key=_sort_key)
+class IndexRows:
+    """The index's rows, re-read only for the result files that changed."""
+
+    def __init__(self, results: Path):
+        self.results = results
+        self._cache: dict[Path, tuple[float, dict[str, Any]]] = {}
+
+    def rows(self) -> list[dict[str, Any]]:
+        rows = []
+        seen = set()
+        for path in self.results.rglob("result.json"):
+            seen.add(path)
+            try:
+                mtime = path.stat().st_mtime
+            except OSError:
+                continue
+            cached = self._cache.get(path)
+            if cached is None or cached[0] != mtime:
+                row = read_result(path.parent)
+                if row is None:
+                    # Not a result maia wrote (or damaged): listed, marked, never trusted.
+                    row = {
+                        "status": "unreadable",
+                        "error": "result.json is not a JSON object maia wrote",
+                    }
+                row = {**row, "_dir": path.parent}
+                self._cache[path] = (mtime, row)
+            rows.append(self._cache[path][1])
+        for gone in set(self._cache) - seen:
+            del self._cache[gone]
+        rows.sort(key=_sort_key)
+        return rows
+
+
+def render_index(results: Path, rows: list[dict[str, Any]] | None = None) -> str:
+    rows = IndexRows(results).rows() if rows is None else rows
     body_rows = []
     for row in rows:
         d: Path = row["_dir"]
@@ -238,22 +327,33 @@ def render_index(results: Path) -> str:
             else ""
         )
         link = "/".join(quote(p) for p in (d / "report.html").relative_to(results).parts)
-        status = html.escape(str(row.get("status")))
-        cost = (row.get("usage") or {}).get("cost_usd")
-        # A failed unit has no label; its row says why it failed instead.
-        label = row.get("label") or (row.get("error") if row.get("status") == "failed" else "")
-        body_rows.append(
-            "<tr>"
-            f"<td>{img}</td><td>{html.escape(str(row.get('backbone')))}</td><td>{html.escape(str(row.get('target')))}</td>"
-            f'<td>{html.escape(str(row.get("layer")))}</td><td><a href="{link}">{html.escape(str(row.get("unit")))}</a></td>'
-            f'<td><span class="badge {status}">{status}</span></td><td>{html.escape(str(label or ""))}</td>'
-            f"<td>{row.get('rounds', '')}</td><td>{_fmt_cost(cost)}</td>"
-            "</tr>"
+        status = _text(row.get("status"))
+        usage = row.get("usage")
+        cost = usage.get("cost_usd") if isinstance(usage, dict) else None
+        cost_text = (
+            _fmt_cost(cost)
+            if isinstance(cost, (int, float)) and not isinstance(cost, bool)
+            else "n/a"
         )
-    head = "".join(
-        f"<th>{h}</th>"
-        for h in ("", "Backbone", "Target", "Layer", "Unit", "Status", "Label", "Rounds", "Cost")
-    )
+        # A failed unit has no label; its row says why it failed instead.
+        label = row.get("label") or (
+            row.get("error") if row.get("status") in ("failed", "unreadable") else ""
+        )
+        truth = describe_truth(row["ground_truth"]) if row.get("ground_truth") is not None else ""
+        cells = [
+            img,
+            _text(row.get("backbone")),
+            _text(row.get("target")),
+            _text(row.get("layer")),
+            f'<a href="{link}">{_text(row.get("unit"))}</a>',
+            f'<span class="badge {status}">{status}</span>',
+            _text(label),
+            _text(truth),
+            _text(row.get("rounds")),
+            cost_text,
+        ]
+        body_rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    head = "".join(f"<th>{h}</th>" for h in INDEX_COLUMNS)
     body = (
         f'<header><div class="inner"><h1>maia results</h1><p>{len(rows)} units</p></div></header>'
         f'<main><table class="index"><thead><tr>{head}</tr></thead><tbody>{"".join(body_rows)}</tbody></table></main>'
@@ -261,19 +361,66 @@ def render_index(results: Path) -> str:
     return _page("maia results", body)
 
 
+def investigation_from_disk(out_dir: Path) -> Investigation | None:
+    """A finished unit rebuilt from its ``result.json`` and ``history.json`` (to re-render it)."""
+    row = read_result(out_dir)
+    try:
+        history = json.loads((out_dir / "history.json").read_text())
+        messages = transcript_from_json(history)
+        unit = Unit(str(row["layer"]), int(row["unit"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    inv = Investigation(unit, str(row.get("target")), str(row.get("backbone")), out_dir, messages)
+    inv.threshold = str(row.get("threshold") or "")
+    inv.target_description = str(row.get("target_description") or "")
+    inv.ground_truth = row.get("ground_truth")
+    inv.tools = row.get("tools") if isinstance(row.get("tools"), dict) else {}
+    usage = row.get("usage") or {}
+    from maia_core.backbone import Usage
+
+    inv.result = Result(
+        str(row.get("status")),
+        row.get("description"),
+        row.get("label"),
+        int(row.get("rounds") or 0),
+        float(row.get("wall_time_s") or 0.0),
+        Usage(
+            int(usage.get("input_tokens") or 0),
+            int(usage.get("output_tokens") or 0),
+            usage.get("cost_usd"),
+        ),
+        error=row.get("error"),
+        sandbox_restarts=int(row.get("sandbox_restarts") or 0),
+    )
+    return inv
+
+
 class HtmlReporter(Reporter):
     def __init__(self, results: Path, **options: str):
         self.results = Path(results)
+        self.index = IndexRows(self.results)
 
     def unit_finished(self, inv: Investigation) -> None:
+        self._write_report(inv)
+        self.write_index()
+
+    def unit_skipped(self, inv: Investigation) -> None:
+        # A unit finished by a run that stopped before its report was written gets one now.
+        if inv.skip_reason == "completed" and not (inv.out_dir / "report.html").is_file():
+            rebuilt = investigation_from_disk(inv.out_dir)
+            if rebuilt is not None:
+                self._write_report(rebuilt)
+
+    def _write_report(self, inv: Investigation) -> None:
         atomic_write_text(inv.out_dir / "report.html", render_report(inv))
         image = first_image(inv.messages)
         if image is not None:
             atomic_write_bytes(inv.out_dir / "thumb.jpg", _thumbnail(image))
-        self.write_index()
 
     def run_finished(self, run, investigations) -> None:
         self.write_index()
 
     def write_index(self) -> None:
-        atomic_write_text(self.results / "index.html", render_index(self.results))
+        atomic_write_text(
+            self.results / "index.html", render_index(self.results, self.index.rows())
+        )

@@ -1,7 +1,8 @@
-"""The ``json`` reporter: ``history.json``, ``result.json``, and MAIA's description.txt/label.txt.
+"""The ``json`` reporter: ``history.json``, and MAIA's description.txt/label.txt.
 
 ``history.json`` is rewritten (atomically) after every message, so an interrupted
-investigation keeps everything up to its last round.
+investigation keeps everything up to its last round. ``result.json``, the completion marker,
+is written by the core after every reporter (:mod:`maia_core.loop.results`).
 """
 
 from __future__ import annotations
@@ -9,10 +10,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from maia_core import __version__, hookimpl
-from maia_core.files import atomic_write_json, atomic_write_text
-from maia_core.loop.investigation import Investigation
+from maia_core import hookimpl
+from maia_core.files import atomic_write_text
 from maia_core.loop.reporter import Reporter
+from maia_core.loop.state import Investigation
 from maia_core.transcript import Message, transcript_to_json
 
 
@@ -21,7 +22,7 @@ def register_reporters(register):
     register(
         "json",
         JsonReporter,
-        help="history.json, result.json, description.txt and label.txt per unit",
+        help="history.json, description.txt and label.txt per unit (result.json is the core's)",
     )
 
 
@@ -36,9 +37,16 @@ class JsonReporter(Reporter):
         encoded = self._encoded.setdefault(id(inv), [])
         for message in inv.messages[len(encoded) :]:
             encoded.append(json.dumps(message.to_json(), ensure_ascii=False))
-        head = transcript_to_json([], target=inv.target, layer=inv.unit.layer, unit=inv.unit.index, backbone=inv.backbone)
+        head = transcript_to_json(
+            [], target=inv.target, layer=inv.unit.layer, unit=inv.unit.index, backbone=inv.backbone
+        )
         head.pop("messages")
-        text = json.dumps(head, ensure_ascii=False)[:-1] + ', "messages": [' + ", ".join(encoded) + "]}"
+        text = (
+            json.dumps(head, ensure_ascii=False)[:-1]
+            + ', "messages": ['
+            + ", ".join(encoded)
+            + "]}"
+        )
         atomic_write_text(inv.out_dir / "history.json", text)
 
     def unit_started(self, inv: Investigation) -> None:
@@ -54,5 +62,3 @@ class JsonReporter(Reporter):
         if result.status == "completed":
             atomic_write_text(inv.out_dir / "description.txt", result.description + "\n")
             atomic_write_text(inv.out_dir / "label.txt", result.label + "\n")
-        # result.json last: its "completed" status is what a re-run checks to skip the unit.
-        atomic_write_json(inv.out_dir / "result.json", {**inv.to_json(), "maia_version": __version__})

@@ -133,11 +133,21 @@ def train_sae(
     device: str = "auto",
     target_options: dict[str, str] | None = None,
 ) -> dict[str, float]:
+    import math
+
     import torch
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     from maia_core import plugins
+    from maia_core.errors import UserError
+    from maia_core.files import atomic_write_bytes, ensure_output_file
 
+    for name, value in (("--lr", lr), ("--l1", l1)):
+        if not (math.isfinite(value) and value >= 0) or (name == "--lr" and value == 0):
+            raise UserError(f"{name} must be a finite number above 0, not {value!r}.")
+    if limit is not None and limit < 1:
+        raise UserError(f"--limit must be at least 1, not {limit}.")
+    out = ensure_output_file(out, "--out")
     files = image_files(Path(images))[:limit]
     entry, arg = plugins.registry("targets").resolve(target_spec)
     target = entry.factory(arg, device=device, **(target_options or {}))
@@ -178,18 +188,18 @@ def train_sae(
             "b_dec": (b_dec * scale).contiguous(),
             "W_dec": (W_dec * scale).contiguous(),
         }
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    save_file(
-        {k: v.detach().cpu() for k, v in tensors.items()},
-        str(out),
-        metadata={
-            "target": target_spec,
-            "layer": layer,
-            "latents": str(latents),
-            "l1": str(l1),
-            "steps": str(steps),
-        },
+    atomic_write_bytes(
+        out,
+        save(
+            {k: v.detach().cpu() for k, v in tensors.items()},
+            metadata={
+                "target": target_spec,
+                "layer": layer,
+                "latents": str(latents),
+                "l1": str(l1),
+                "steps": str(steps),
+            },
+        ),
     )
     return {
         "latents": latents,

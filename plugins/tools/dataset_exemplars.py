@@ -42,6 +42,8 @@ class DatasetExemplars:
         self._root = ctx.exemplars or DEFAULT_ROOT
         self._dataset = dataset
         self._store: Any = False  # False: not looked for yet; None: there is none
+        # Looked for now, where the models load: a damaged store is one line before any unit runs.
+        self._find()
 
     def _find(self):
         if self._store is False:
@@ -241,8 +243,16 @@ def register_commands(cli):
         ),
     ) -> None:
         """Render a unit's exemplars, with their activations, as one image."""
-        from maia_core.files import slug
+        from maia_core.files import ensure_output_file, slug
         from maia_core.torch_runtime.exemplars import find_store, grid
+
+        path = ensure_output_file(
+            out or Path(f"exemplars-{slug(layer)}-{unit}{'-bottom' if bottom else ''}.png"), "--out"
+        )
+        if exemplars.is_file():
+            raise UserError(
+                f"--exemplars {str(exemplars)!r} is a file; give the folder of exemplar stores."
+            )
 
         store = find_store(exemplars, target, dataset)
         if store is None or layer not in store.layers:
@@ -257,7 +267,6 @@ def register_commands(cli):
             )
         title = f"{target} {layer} unit {unit}: {'least' if bottom else 'most'} activating of {store.dataset_spec}"
         sheet = grid(store.masked(layer, unit, bottom=bottom, k=k), title=title)
-        path = out or Path(f"exemplars-{slug(layer)}-{unit}{'-bottom' if bottom else ''}.png")
         buf = io.BytesIO()
         sheet.save(buf, format="PNG")
         atomic_write_bytes(path, buf.getvalue())
@@ -303,7 +312,8 @@ def compute_store(
     )
 
     from maia_core import plugins
-    from maia_core.execution.world import WorldSpec, load_target
+    from maia_core.execution.host import load_target
+    from maia_core.execution.specs import WorldSpec
     from maia_core.options import parse_basis_specs, parse_pairs
     from maia_core.torch_runtime.exemplars import (
         ComputeConfig,
@@ -313,6 +323,12 @@ def compute_store(
 
     if decode not in ("auto", "pil", "torchvision"):
         raise UserError(f"Unknown --decode {decode!r}. Use auto, pil or torchvision.")
+    from maia_core.files import ensure_output_folder
+
+    if out is not None:
+        ensure_output_folder(out, "--out")
+    elif Path(root).is_file():
+        raise UserError(f"--exemplars {str(root)!r} is a file; give the folder of exemplar stores.")
     entry, arg = plugins.registry("datasets").resolve(dataset)
     data = entry.factory(arg, **parse_pairs(dataset_options or [], "--dataset-option"))
     data.name = data.name or dataset
@@ -333,6 +349,7 @@ def compute_store(
     if not names:
         raise UserError("Give the layers to compute: --layers L1,L2 or --layers all.")
     store_dir = Path(out) if out else default_store_dir(root, target, data.name)
+    ensure_output_folder(store_dir, "--out" if out else "--exemplars")
     if (store_dir / "manifest.json").exists() and not force:
         raise UserError(
             f"A store already exists at {store_dir}. Use --force to recompute it, or --out for another folder."

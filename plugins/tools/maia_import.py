@@ -32,6 +32,10 @@ NEEDED = ("activations.csv", "images.npy", "masks.npy")
 
 def find_layer_dirs(folder: Path, target: str) -> list[Path]:
     """The layer folders of ``target`` under ``folder`` (which may be any level of MAIA's tree)."""
+    if folder.is_file():
+        raise UserError(
+            f"MAIA exemplar folder {str(folder)!r} is a file; give the folder MAIA's download_exemplars.sh made (or one model's folder in it)."
+        )
     if not folder.is_dir():
         raise UserError(f"MAIA exemplar folder {str(folder)!r} does not exist.")
     for base in (folder / target / "imagenet", folder / target, folder / "imagenet", folder):

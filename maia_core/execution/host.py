@@ -1,0 +1,505 @@
+"""The model host: one process per device holding the target, the tools and their models.
+
+Every investigation on the device is a *session* here: the ``system`` object of its unit and
+its call scope (seeds, records, output of the cell in flight). Kernels, where agent code runs,
+hold only proxies; each call arrives on the session's own channel, is checked, runs here, and
+its value, displayed parts and records go back as data. Ground truth (a synthetic neuron's
+concepts, a generated image's objects) never leaves this process except to the main process
+after the investigation ends.
+
+Forward passes through the target are serialised on one model thread. On a GPU, calls that
+arrive together with the same layers are batched into one pass (``batching``), which is
+where batching pays; on a CPU it would change nothing but float rounding, so it is off.
+
+Run as ``python -m maia_core.execution.host FD``: FD is the control channel to the main
+process (see :func:`serve`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import os
+import queue
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+from maia_core import plugins
+from maia_core.errors import ToolError, UserError
+from maia_core.execution import wire
+from maia_core.execution.channel import Channel, ChannelClosed
+from maia_core.execution.codec import ProtocolError, Ref
+from maia_core.execution.specs import UnitSetup, WorldSpec
+from maia_core.loop import prompts
+from maia_core.tools import CallScope, ToolContext, Tools, call_scope
+from maia_core.transcript import Message, Part
+from maia_core.units import LayerInfo, Unit
+
+# Attribute values of `system` a kernel may see (copied into its proxy).
+_PLAIN = (str, int, float, bool, type(None))
+
+
+def load_target(spec: WorldSpec) -> Any:
+    """The target a spec names, with its ``--basis`` files loaded.
+
+    A missing library is a user error that names the extra to install.
+    """
+    entry, arg = plugins.registry("targets").resolve(spec.target)
+    try:
+        target = entry.factory(
+            arg, device=spec.device, precision=spec.precision, **spec.target_options
+        )
+        if not getattr(target, "name", None):
+            target.name = spec.target
+        if spec.bases:  # torch is imported only when there are bases
+            from maia_core.torch_runtime.basis import Basis
+
+            for layer, path in spec.bases:
+                target.add_basis(Basis.load(layer, path))
+    except ModuleNotFoundError as exc:
+        raise UserError(
+            f"Target {spec.target} needs the Python module {exc.name!r}, which is not installed. "
+            "Install the extra that provides it, e.g. pip install 'maia[torch]'."
+        ) from exc
+    return target
+
+
+# -- forward passes ----------------------------------------------------------------------------
+
+
+class ForwardQueue:
+    """The target's ``forward_layers`` behind one model thread.
+
+    Callers from any session thread wait for their result. With ``batching``, every job that
+    is waiting when the thread comes round and asks for the same layers is run in one forward
+    pass and the outputs split back.
+    """
+
+    def __init__(self, forward: Callable[..., Any], batching: bool):
+        self.forward = forward
+        self.batching = batching
+        self.jobs: queue.Queue = queue.Queue()
+        self.passes = 0
+        self.batched = 0
+        threading.Thread(target=self._run, name="maia-model", daemon=True).start()
+
+    def __call__(self, x: Any, layers: Any, unit: int | None = None) -> Any:
+        done = threading.Event()
+        job = {"x": x, "layers": tuple(layers), "unit": unit, "done": done}
+        self.jobs.put(job)
+        done.wait()
+        if "error" in job:
+            raise job["error"]
+        return job["out"]
+
+    def _run(self) -> None:
+        while True:
+            jobs = [self.jobs.get()]
+            if self.batching:
+                while True:
+                    try:
+                        jobs.append(self.jobs.get_nowait())
+                    except queue.Empty:
+                        break
+            groups: dict[tuple, list[dict]] = {}
+            for job in jobs:
+                key = (job["layers"], job["unit"], tuple(job["x"].shape[1:]), job["x"].dtype)
+                groups.setdefault(key, []).append(job)
+            for (layers, unit, _shape, _dtype), group in groups.items():
+                self._pass(group, list(layers), unit)
+
+    def _pass(self, group: list[dict], layers: list[str], unit: int | None) -> None:
+        try:
+            if len(group) == 1:
+                outs = [self.forward(group[0]["x"], layers, unit)]
+            else:
+                import torch
+
+                sizes = [job["x"].shape[0] for job in group]
+                merged = self.forward(torch.cat([job["x"] for job in group]), layers, unit)
+                self.batched += len(group) - 1
+                outs = [{} for _ in group]
+                for name, tensor in merged.items():
+                    for out, part in zip(outs, torch.split(tensor, sizes)):
+                        out[name] = part
+            self.passes += 1
+            for job, out in zip(group, outs):
+                job["out"] = out
+        except BaseException as exc:  # noqa: BLE001 - each waiting caller gets the error
+            for job in group:
+                job["error"] = exc
+        for job in group:
+            job["done"].set()
+
+
+# -- the host ----------------------------------------------------------------------------------
+
+
+class ModelHost:
+    """The target and tools of a run, and the sessions of the investigations using them.
+
+    In the host process it serves kernels; with ``--sandbox none`` it lives in the caller's
+    process and the in-process sandbox uses it directly.
+    """
+
+    def __init__(self, spec: WorldSpec, ask_backbone: Callable[[list[Message]], str] | None = None):
+        self.spec = spec
+        started = time.perf_counter()
+        self.target = load_target(spec)
+        device = str(getattr(self.target, "device", spec.device))
+        self.ctx = ToolContext(
+            target=self.target,
+            device=device,
+            ask_backbone=ask_backbone,
+            exemplars=spec.exemplars,
+            precision=spec.precision,
+        )
+        chosen = plugins.select_tools(spec.tools, device=device)
+        self.tool_objects = {
+            cap: e.factory(self.ctx, **spec.tool_options.get(cap, {})) for cap, e in chosen.items()
+        }
+        unknown = sorted(set(spec.tool_options) - set(chosen))
+        if unknown:
+            raise UserError(
+                f"--tool-option names the capability {unknown[0]!r}, which this run does not "
+                f"use. Capabilities in use: {', '.join(sorted(chosen))}."
+            )
+        self.implementations = {cap: e.name for cap, e in chosen.items()}
+        batching = spec.batching == "on" or (spec.batching == "auto" and device.startswith("cuda"))
+        self.forwards: ForwardQueue | None = None
+        self._lock = threading.Lock()  # for targets without forward_layers: one call at a time
+        if callable(getattr(self.target, "forward_layers", None)):
+            self.forwards = ForwardQueue(self.target.forward_layers, batching)
+            self.target.forward_layers = self.forwards
+        self.load_seconds = time.perf_counter() - started
+        self.pristine: Any = None
+
+    def restore_if_tampered(self) -> str | None:
+        """For the in-process sandbox: reload the target if agent code changed it. Returns why."""
+        from maia_core.execution.pristine import Pristine
+
+        if self.pristine is None:
+            self.pristine = Pristine(self.target)
+            return None
+        reason = self.pristine.tampered()
+        if reason is None:
+            return None
+        self.target.close()
+        self.target = load_target(self.spec)
+        self.ctx.target = self.target
+        if callable(getattr(self.target, "forward_layers", None)):
+            self.forwards = ForwardQueue(
+                self.target.forward_layers, self.forwards.batching if self.forwards else False
+            )
+            self.target.forward_layers = self.forwards
+        self.pristine = Pristine(self.target)
+        return reason
+
+    # -- layers and units ----------------------------------------------------------------------
+    def layer_infos(
+        self, names: list[str] | None = None, all: bool = False
+    ) -> dict[str, LayerInfo]:
+        """The listed layers (or every one, with ``all``), plus any other ``names`` that exist."""
+        infos = {i.name: i for i in self.target.layers(all=all)}
+        for name in names or ():
+            if name not in infos:
+                info = self.target.layer(name)
+                if info is not None:
+                    infos[name] = info
+        return infos
+
+    def threshold(self, unit: Unit) -> float | None:
+        """The unit's dataset threshold from an exemplar store, if a tool provides one."""
+        for tool in self.tool_objects.values():
+            lookup = getattr(tool, "threshold_for", None)
+            if lookup is not None:
+                value = lookup(unit)
+                if value is not None:
+                    return float(value)
+        return None
+
+    def ground_truth(self, unit: Unit) -> dict[str, Any] | None:
+        return self.target.ground_truth(unit)
+
+    def describe_tools(self) -> dict[str, str]:
+        return dict(self.implementations)
+
+    def open(self, unit: Unit, ask_backbone: Callable[[list[Message]], str] | None) -> HostSession:
+        system = self.target.system(unit, threshold=self.threshold(unit))
+        return HostSession(self, unit, system, CallScope(unit=unit, ask_backbone=ask_backbone))
+
+    def close(self) -> None:
+        for tool in self.tool_objects.values():
+            closer = getattr(tool, "close", None)
+            if callable(closer):
+                with contextlib.suppress(Exception):
+                    closer()
+        self.target.close()
+
+
+class HostSession:
+    """One investigation's unit in the host: its ``system`` and its call scope."""
+
+    def __init__(self, host: ModelHost, unit: Unit, system: Any, scope: CallScope):
+        self.host, self.unit, self.system, self.scope = host, unit, system, scope
+        self.tools = Tools(
+            {
+                cap: _scoped(tool, cap, host.implementations[cap], scope)
+                for cap, tool in host.tool_objects.items()
+            }
+        )
+
+    def setup(self) -> UnitSetup:
+        system = self.system
+        attrs = {
+            name: value
+            for name in dir(system)
+            if not name.startswith("_")
+            and not callable(value := getattr(system, name, None))
+            and isinstance(value, _PLAIN)
+        }
+        if isinstance(getattr(system, "unit", None), Unit):
+            attrs["unit"] = str(system.unit)
+        methods = {name: _doc_of(fn) for name, fn in prompts.public_methods(system)}
+        tools = {name: _doc_of(fn) for name, fn in self.tools.items()}
+        return UnitSetup(
+            api=prompts.api_text(system, self.tools, self.host.implementations),
+            target_description=self.host.target.describe(),
+            threshold_note=getattr(system, "threshold_source", "unit's activation map"),
+            attrs=attrs,
+            methods=methods,
+            tools=tools,
+        )
+
+    def call(self, obj: str, name: str, args: list[Any], kwargs: dict[str, Any]) -> Any:
+        """``system.<name>(...)`` or ``tools.<name>(...)`` for a kernel, within this scope."""
+        if obj == "system":
+            methods = dict(prompts.public_methods(self.system))
+            if name not in methods:
+                raise AttributeError(f"system has no method {name!r}")
+            fn = methods[name]
+        elif obj == "tools":
+            fn = getattr(self.tools, name)
+        else:
+            raise ProtocolError(f"unknown object {obj!r}")
+        args = [self._resolve(a) for a in args]
+        kwargs = {k: self._resolve(v) for k, v in kwargs.items()}
+        with call_scope(self.scope):
+            return fn(*args, **kwargs)
+
+    def _resolve(self, value: Any) -> Any:
+        """A kernel's reference to ``system`` becomes the real one; containers are walked."""
+        if isinstance(value, Ref):
+            if value.kind == "system":
+                return self.system
+            raise ProtocolError(f"unknown reference {value.kind!r}")
+        if isinstance(value, list):
+            return [self._resolve(v) for v in value]
+        if isinstance(value, tuple):
+            return tuple(self._resolve(v) for v in value)
+        if isinstance(value, dict):
+            return {k: self._resolve(v) for k, v in value.items()}
+        return value
+
+
+def _doc_of(fn: Any) -> str:
+    from maia_core.loop.prompts import format_signature
+
+    doc = inspect.getdoc(fn) if inspect.isroutine(fn) else inspect.getdoc(type(fn).__call__)
+    return f"{format_signature(fn)}\n{doc or ''}".rstrip()
+
+
+def _scoped(
+    tool: Callable[..., Any], capability: str, implementation: str, scope: CallScope
+) -> Callable[..., Any]:
+    """``tool`` as one investigation calls it: in its scope, attributed to its capability."""
+    import functools
+
+    target = tool if inspect.isroutine(tool) else tool.__call__
+
+    @functools.wraps(target)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        with call_scope(scope, (capability, implementation)):
+            return tool(*args, **kwargs)
+
+    return call
+
+
+# -- the host process --------------------------------------------------------------------------
+
+
+def serve(control: Channel) -> None:
+    """The host process: load the models, then answer the main process and serve sessions.
+
+    Control requests (one at a time, from the main process): ``layers``, ``open`` (a session
+    for a unit, with the host end of the kernel's channel passed alongside), ``ground_truth``,
+    ``stats``, ``shutdown``. Each session is served by its own thread.
+    """
+    hello = control.recv()
+    try:
+        spec = WorldSpec.from_wire(hello["spec"])
+        host = ModelHost(spec)
+    except UserError as exc:
+        control.send({"op": "user_error", "message": exc.message})
+        return
+    except BaseException:
+        control.send({"op": "error", "message": traceback.format_exc()})
+        return
+    control.send(
+        {
+            "op": "ready",
+            "tools": host.describe_tools(),
+            "target_description": host.target.describe(),
+            "load_seconds": host.load_seconds,
+            "pid": os.getpid(),
+        }
+    )
+    sessions: dict[str, threading.Thread] = {}
+    while True:
+        try:
+            msg = control.recv()
+        except (ChannelClosed, ProtocolError):
+            return  # the main process went away
+        op = msg.get("op")
+        try:
+            if op == "layers":
+                infos = host.layer_infos(msg["names"], msg["all"])
+                control.send({"op": "ok", "value": [wire.layer_to_wire(i) for i in infos.values()]})
+            elif op == "open":
+                fds = control.take_fds()
+                if len(fds) != 1:
+                    raise ProtocolError("open needs exactly one descriptor")
+                channel = Channel.from_fd(fds[0])
+                unit = wire.unit_from_wire(msg["unit"])
+                session = host.open(unit, None)
+                session.scope.ask_backbone = _relay_backbone(channel)
+                control.send({"op": "ok", "value": session.setup().to_wire()})
+                thread = threading.Thread(
+                    target=_serve_session,
+                    args=(session, channel),
+                    daemon=True,
+                    name=f"maia-session-{msg['session']}",
+                )
+                sessions[msg["session"]] = thread
+                thread.start()
+            elif op == "ground_truth":
+                control.send(
+                    {"op": "ok", "value": host.ground_truth(wire.unit_from_wire(msg["unit"]))}
+                )
+            elif op == "stats":
+                forwards = host.forwards
+                control.send(
+                    {
+                        "op": "ok",
+                        "value": {
+                            "passes": forwards.passes if forwards else 0,
+                            "batched": forwards.batched if forwards else 0,
+                            "sessions": sum(t.is_alive() for t in sessions.values()),
+                        },
+                    }
+                )
+            elif op == "shutdown":
+                host.close()
+                control.send({"op": "ok", "value": None})
+                return
+            else:
+                control.send({"op": "error", "message": f"unknown request {op!r}"})
+        except UserError as exc:
+            control.send({"op": "user_error", "message": exc.message})
+        except Exception:
+            control.send({"op": "error", "message": traceback.format_exc()})
+
+
+def _relay_backbone(channel: Channel) -> Callable[[list[Message]], str]:
+    """A describer request from a tool goes back along the session's channel: the kernel
+    passes it to the main process, which holds the keys, and the reply comes back the same way."""
+
+    def ask(messages: list[Message]) -> str:
+        channel.send({"op": "backbone", "messages": [wire.message_to_wire(m) for m in messages]})
+        reply = channel.recv()
+        if not isinstance(reply, dict) or reply.get("op") != "backbone_reply":
+            raise ProtocolError("expected the describer's reply")
+        if not reply.get("ok"):
+            raise RuntimeError(str(reply.get("value")))
+        return wire.need(reply.get("value"), str, "describer reply")
+
+    return ask
+
+
+def _serve_session(session: HostSession, channel: Channel) -> None:
+    """Answer one kernel's calls until it goes away. Whatever it sends is only data, checked
+    here; a malformed request ends the session (the kernel is then replaced by the main
+    process), never the host."""
+    try:
+        while True:
+            msg = channel.recv()
+            parts: list[Part] = []
+            session.scope.sink = parts.append
+            started = time.perf_counter()
+            try:
+                if not isinstance(msg, dict) or msg.get("op") != "call":
+                    raise ProtocolError("expected a call")
+                value = session.call(
+                    wire.field(msg, "obj", str, "call"),
+                    wire.field(msg, "name", str, "call"),
+                    wire.field(msg, "args", list, "call", []),
+                    wire.field(msg, "kwargs", dict, "call", {}),
+                )
+                reply = {"op": "return", "value": value}
+            except ProtocolError:
+                raise
+            except BaseException as exc:  # noqa: BLE001 - the agent's call failed: it gets why
+                reply = {
+                    "op": "raise",
+                    "type": type(exc).__name__,
+                    "message": str(exc),
+                    "tool_error": isinstance(exc, (ToolError, UserError)),
+                    "detail": "" if isinstance(exc, (ToolError, UserError)) else _where(exc),
+                }
+            finally:
+                session.scope.sink = None
+            reply["parts"] = [wire.part_to_wire(p) for p in parts]
+            reply["records"] = session.scope.take_records()
+            # Time spent here (models, tools, waiting for the model thread), for the loop's
+            # accounts: the rest of a cell is the agent's own code and the traffic.
+            reply["seconds"] = time.perf_counter() - started
+            try:
+                channel.send(reply)
+            except TypeError as exc:  # the value is not plain data
+                channel.send(
+                    {
+                        "op": "raise",
+                        "type": "TypeError",
+                        "message": f"the result cannot be sent to your session: {exc}",
+                        "tool_error": True,
+                        "detail": "",
+                        "parts": reply["parts"],
+                        "records": reply["records"],
+                    }
+                )
+    except (ChannelClosed, ProtocolError):
+        pass
+    finally:
+        channel.close()
+
+
+def _where(exc: BaseException) -> str:
+    """The innermost lines of a host-side traceback, for the agent's error message."""
+    frames = traceback.extract_tb(exc.__traceback__)[-2:]
+    return "".join(traceback.format_list(frames)).rstrip()
+
+
+def main() -> None:
+    from maia_core.execution import isolation
+
+    isolation.die_with_parent(int(os.environ.get("MAIA_PARENT_PID", "0")) or None)
+    isolation.make_undumpable()
+    serve(Channel.from_fd(int(sys.argv[1])))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,246 @@
+"""Keeping N investigations in flight: resume, locks, budgets, failures and Ctrl-C.
+
+Each investigation runs in its own thread: it spends nearly all its time waiting for the
+backbone, while the model host serves every investigation's experiments. Units start in
+order; results are the same as a sequential run's, whatever N is.
+
+- A unit whose ``result.json`` says ``completed`` is skipped (``--force`` redoes it).
+- A unit another run is studying (its lock is held) is skipped, and the summary says so.
+- Under ``--budget-usd``, a unit starts only while the spend so far plus an estimate for the
+  units in flight (what each has spent, or the mean cost of a finished unit if more) is
+  under the budget.
+- A backbone that gives up, or a sandbox that cannot serve a unit, fails that unit only; a
+  rejected key (a :class:`UserError`) stops the run once the units in flight end.
+- An investigation whose machine went away (a Ray actor, a node) starts again on another,
+  at most ``MAX_REASSIGN`` times; nothing of the lost attempt is written as its result.
+- Ctrl-C (or SIGTERM) stops at once: the units in flight keep their transcripts so far and
+  no ``result.json``, so the same command resumes them.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import traceback
+from typing import Any
+
+from maia_core.backbone import Backbone
+from maia_core.errors import BackboneError, UserError
+from maia_core.execution.sandbox import SessionLost
+from maia_core.loop.describer import Describer
+from maia_core.loop.investigation import Loop
+from maia_core.loop.reporter import Reporters
+from maia_core.loop.results import UnitLock, completed, unit_dir, write_result
+from maia_core.loop.state import Investigation, Result, RunInfo
+from maia_core.units import Unit
+
+MAX_REASSIGN = 3
+
+
+class Scheduler:
+    def __init__(
+        self,
+        config: Any,
+        execution: Any,
+        backbone: Backbone,
+        describer_backbone: Backbone,
+        reporters: Reporters,
+        info: RunInfo,
+        *,
+        concurrency: int,
+    ):
+        self.config = config
+        self.execution = execution
+        self.backbone = backbone
+        self.describer_backbone = describer_backbone
+        self.describer_name = (
+            describer_backbone.name if describer_backbone is not backbone else None
+        )
+        self.reporters = reporters
+        self.info = info
+        self.concurrency = concurrency
+        self._cond = threading.Condition()
+        self._in_flight: list[Investigation] = []
+        self._finished_costs: list[float] = []
+        self._spent_finished = 0.0
+        self._fatal: UserError | None = None
+        self._again: list[Unit] = []
+        self._attempts: dict[Unit, int] = {}
+        self.stopped = False
+
+    # -- budget ----------------------------------------------------------------------------
+    def _estimate(self, inv: Investigation) -> float | None:
+        """What a unit in flight will have cost when it ends; None while nothing is known."""
+        if self._finished_costs:
+            return max(inv.spent_usd, sum(self._finished_costs) / len(self._finished_costs))
+        rounds = inv.rounds_done
+        if not rounds:
+            return None
+        # No unit has finished yet: assume this one uses every round, at its cost so far.
+        return max(inv.spent_usd, inv.spent_usd / rounds * self.config.max_rounds)
+
+    def _within_budget(self) -> bool:
+        budget = self.config.budget_usd
+        if budget is None:
+            return True
+        estimates = [self._estimate(i) for i in self._in_flight]
+        if any(e is None for e in estimates):
+            return False  # a unit in flight has no cost yet: wait for its first round
+        return self._spent_finished + sum(estimates) < budget
+
+    def _spent(self) -> float:
+        return self._spent_finished + sum(i.spent_usd for i in self._in_flight)
+
+    # -- the run ---------------------------------------------------------------------------
+    def run(self, units: list[Unit]) -> list[Investigation]:
+        investigations: list[Investigation] = []
+        queue = list(units)
+        try:
+            with self._cond:
+                while queue or self._in_flight or self._again:
+                    if self._again:  # units whose machine went away go first
+                        queue[:0] = self._again
+                        self._again.clear()
+                    while queue and len(self._in_flight) < self.concurrency and not self._fatal:
+                        inv = self._investigation(queue[0])
+                        if not self.config.force and completed(inv.out_dir):
+                            queue.pop(0)
+                            investigations.append(inv)
+                            inv.skip_reason = "completed"
+                            self._done()
+                            self.reporters.unit_skipped(inv)
+                            continue
+                        if not self._within_budget():
+                            break
+                        lock = UnitLock(inv.out_dir)
+                        holder = lock.acquire()
+                        queue.pop(0)
+                        if holder is not None:
+                            inv.skip_reason = f"being studied by another run: {holder}"
+                            self.info.locked.append(inv.unit)
+                            investigations.append(inv)
+                            self._done()
+                            self.reporters.unit_skipped(inv)
+                            continue
+                        if not self._attempts.get(inv.unit):
+                            investigations.append(inv)
+                        else:  # a second attempt replaces the lost one in the list
+                            at = next(k for k, i in enumerate(investigations) if i.unit == inv.unit)
+                            investigations[at] = inv
+                        self._start(inv, lock)
+                    if not self._in_flight:
+                        break  # the budget (or a fatal error) keeps the rest from starting
+                    self._cond.wait(timeout=0.5)
+        except BaseException:
+            self.stopped = True  # Ctrl-C: the threads must not write results any more
+            raise
+        if self._fatal is not None:
+            raise self._fatal
+        self.info.not_started.extend(queue)
+        self.info.spent_usd = self._spent()
+        return investigations
+
+    def _investigation(self, unit: Unit) -> Investigation:
+        inv = Investigation(
+            unit,
+            self.config.target,
+            self.backbone.name,
+            unit_dir(self.config.results, self.backbone.slug, self.config.target, unit),
+            describer=self.describer_name,
+            tools=dict(self.info.tools),
+        )
+        inv.skip_reason = None
+        return inv
+
+    def _done(self) -> None:
+        self.info.done += 1
+        self.info.spent_usd = self._spent()
+        self.info.in_flight = list(self._in_flight)
+        self.reporters.progress(self.info)
+
+    def _start(self, inv: Investigation, lock: UnitLock) -> None:
+        self._in_flight.append(inv)
+        self.info.in_flight = list(self._in_flight)
+        thread = threading.Thread(
+            target=self._investigate, args=(inv, lock), name=f"maia-{inv.name}", daemon=True
+        )
+        thread.start()
+
+    def _investigate(self, inv: Investigation, lock: UnitLock) -> None:
+        lost = False
+        try:
+            lost = self._study(inv)
+        finally:
+            lock.release()
+            with self._cond:
+                self._in_flight.remove(inv)
+                if lost:
+                    self._attempts[inv.unit] = self._attempts.get(inv.unit, 0) + 1
+                    self._again.append(inv.unit)
+                else:
+                    if inv.result is not None and inv.result.rounds:
+                        cost = inv.result.usage.cost_usd or 0.0
+                        self._finished_costs.append(cost)
+                        self._spent_finished += cost
+                    self._done()
+                self._cond.notify_all()
+
+    def _study(self, inv: Investigation) -> bool:
+        """Investigate; True when the investigation was lost with its machine and must start
+        again elsewhere."""
+        describer = Describer(self.describer_backbone)
+        session = self.execution.session(describer)
+        loop = Loop(
+            self.backbone,
+            session,
+            self.reporters,
+            max_rounds=self.config.max_rounds,
+            describer=describer,
+        )
+        self.reporters.unit_started(inv)
+        try:
+            loop.run(inv)
+        except SessionLost as exc:
+            if self._attempts.get(inv.unit, 0) + 1 < MAX_REASSIGN:
+                sys.stderr.write(f"maia: {inv.name}: {exc}; starting it again on another\n")
+                return True
+            self._fail(inv, exc)
+        except UserError as exc:
+            # A rejected key: every unit would fail the same way. Stop starting units.
+            with self._cond:
+                self._fatal = self._fatal or exc
+            self._fail(inv, exc)
+        except (BackboneError, RuntimeError) as exc:
+            # The backbone gave up, or the sandbox could not serve this unit: mark it failed
+            # and go on with the others.
+            if not isinstance(exc, BackboneError) and not self.stopped:
+                traceback.print_exc(file=sys.stderr)
+            self._fail(inv, exc)
+        except Exception as exc:  # noqa: BLE001 - a bug must cost this unit, not the run
+            if not self.stopped:
+                traceback.print_exc(file=sys.stderr)
+            self._fail(inv, exc)
+        finally:
+            session.close()
+        if self.stopped:
+            return False  # interrupted: no result.json, so the unit resumes next time
+        containment = getattr(session, "containment", "")
+        if containment and not self.info.containment:
+            self.info.containment = containment
+            if containment.startswith("not contained"):
+                sys.stderr.write(
+                    f"maia: agent code is {containment}; it can see this machine's other processes.\n"
+                )
+        try:
+            inv.ground_truth = self.execution.ground_truth(inv.unit)
+        except Exception as exc:  # noqa: BLE001 - the result still counts without it
+            sys.stderr.write(f"maia: could not read the ground truth of {inv.name}: {exc}\n")
+        self.reporters.unit_finished(inv)
+        write_result(inv)  # the completion marker, after every reporter's files
+        return False
+
+    @staticmethod
+    def _fail(inv: Investigation, exc: BaseException) -> None:
+        inv.result = inv.result or Result("failed")
+        inv.result.status = "failed"
+        inv.result.error = f"{type(exc).__name__}: {exc}"

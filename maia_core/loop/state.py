@@ -1,0 +1,110 @@
+"""The live state of investigations and runs: what the loop updates and reporters read.
+
+Kept apart from the loop and from ``run()`` so that reporters depend on this module only, and
+nothing depends back on them.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from maia_core.backbone import Usage
+from maia_core.transcript import Message
+from maia_core.units import Unit
+
+
+@dataclass
+class Result:
+    """What ``result.json`` holds."""
+
+    status: str  # "completed", "incomplete" (no final answer) or "failed"
+    description: str | None = None
+    label: str | None = None
+    rounds: int = 0
+    wall_time_s: float = 0.0
+    usage: Usage = field(default_factory=Usage)
+    rounds_usage: list[dict[str, Any]] = field(default_factory=list)
+    error: str | None = None
+    sandbox_restarts: int = 0
+    started_at: str = ""
+    finished_at: str = ""
+
+
+@dataclass
+class Investigation:
+    """The live state of one unit's investigation; reporters read it."""
+
+    unit: Unit
+    target: str
+    backbone: str
+    out_dir: Path
+    messages: list[Message] = field(default_factory=list)
+    threshold: str = ""
+    target_description: str = ""
+    result: Result | None = None
+    # The backbone that answered tools' describe/summarize requests, when not the agent's.
+    describer: str | None = None
+    # What the unit is known to detect (synthetic neurons), read after the agent answered.
+    ground_truth: dict[str, Any] | None = None
+    # Tool implementations in use: capability -> implementation.
+    tools: dict[str, str] = field(default_factory=dict)
+    # Estimated USD spent and rounds asked so far, updated every round (budgets read them).
+    spent_usd: float = 0.0
+    rounds_done: int = 0
+    # Why the unit was not run: "completed" (already done), or who else is studying it.
+    skip_reason: str | None = None
+
+    @property
+    def name(self) -> str:
+        return f"{self.unit.layer}={self.unit.index}"
+
+    def to_json(self) -> dict[str, Any]:
+        r = self.result or Result("running")
+        return {
+            "target": self.target,
+            "layer": self.unit.layer,
+            "unit": self.unit.index,
+            "backbone": self.backbone,
+            **({"describer": self.describer} if self.describer else {}),
+            "status": r.status,
+            "description": r.description,
+            "label": r.label,
+            "rounds": r.rounds,
+            "wall_time_s": round(r.wall_time_s, 3),
+            "usage": {**r.usage.to_json(), "per_round": r.rounds_usage},
+            "error": r.error,
+            "threshold": self.threshold,
+            "target_description": self.target_description,
+            "tools": self.tools,
+            "sandbox_restarts": r.sandbox_restarts,
+            "started_at": r.started_at,
+            "finished_at": r.finished_at,
+            **({"ground_truth": self.ground_truth} if self.ground_truth is not None else {}),
+        }
+
+
+@dataclass
+class RunInfo:
+    """A run as reporters see it."""
+
+    config: Any
+    units: list[Unit]
+    backbone: str
+    target: str
+    describer: str | None = None
+    concurrency: int = 1
+    tools: dict[str, str] = field(default_factory=dict)
+    # How agent code is contained, as the sandbox reported it.
+    containment: str = ""
+    # Estimated USD this run has spent so far, and the units --budget-usd kept from starting.
+    spent_usd: float = 0.0
+    not_started: list[Unit] = field(default_factory=list)
+    # Units another run was studying (their lock was held), skipped.
+    locked: list[Unit] = field(default_factory=list)
+    # Units done so far (finished or skipped), and those in flight.
+    done: int = 0
+    in_flight: list[Investigation] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
