@@ -505,31 +505,39 @@ class Background:
 @dataclass(frozen=True)
 class Placement:
     """One object: stamp ``stamp`` centred at ``(x, y)`` (fractions of the image side), its
-    longest side ``scale`` times the image side, mirrored if ``flip``."""
+    longest side ``scale`` times the image side, mirrored if ``flip``; recoloured to the RGB
+    ``color`` (see :func:`recolor`) if given."""
 
     stamp: str
     x: float = 0.5
     y: float = 0.5
     scale: float = 0.6
     flip: bool = False
+    color: tuple[int, int, int] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d: dict[str, Any] = {
             "stamp": self.stamp,
             "x": self.x,
             "y": self.y,
             "scale": self.scale,
             "flip": self.flip,
         }
+        # Only when set, so specs and annotations of uncoloured scenes are as they were.
+        if self.color is not None:
+            d["color"] = list(self.color)
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Placement:
+        color = d.get("color")
         return cls(
             stamp=d["stamp"],
             x=float(d.get("x", 0.5)),
             y=float(d.get("y", 0.5)),
             scale=float(d.get("scale", 0.6)),
             flip=bool(d.get("flip", False)),
+            color=tuple(int(c) for c in color) if color is not None else None,
         )
 
 
@@ -566,6 +574,30 @@ class RenderedScene:
 
 # ---------------------------------------------------------------------------------------
 # Rendering
+
+# How far the parts of a recoloured object brighter than its median go towards white: some
+# highlight survives, so shading reads as shading rather than as a flat fill.
+_HIGHLIGHT = 0.7
+
+
+def recolor(image: Image.Image, color: Sequence[int]) -> Image.Image:
+    """``image`` (RGBA) in the colour ``color`` (RGB), keeping its shading and its alpha.
+
+    The object's median luminance takes the colour itself; darker pixels the colour
+    darkened in proportion, brighter ones the colour moved towards white. So a white cow
+    turns a shaded red, and a zebra's stripes dark and light red.
+    """
+    arr = np.asarray(image.convert("RGBA"), dtype=np.float32) / 255.0
+    lum = arr[..., :3] @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    solid = arr[..., 3] >= _MASK_ALPHA / 255.0
+    ref = float(np.median(lum[solid])) if solid.any() else 0.5
+    ref = min(max(ref, 0.02), 0.98)
+    target = np.asarray(color, dtype=np.float32)[:3] / 255.0
+    darker = target * np.minimum(lum / ref, 1.0)[..., None]
+    toward_white = np.clip((lum - ref) / (1.0 - ref), 0.0, 1.0)[..., None] * _HIGHLIGHT
+    rgb = np.where((lum <= ref)[..., None], darker, target + (1.0 - target) * toward_white)
+    out = np.concatenate([rgb, arr[..., 3:4]], axis=-1)
+    return Image.fromarray(np.clip(np.rint(out * 255.0), 0, 255).astype(np.uint8), "RGBA")
 
 
 class SceneRenderer:
@@ -644,6 +676,18 @@ class SceneRenderer:
             return longest, max(1, round(longest * h / w))
         return max(1, round(longest * w / h)), longest
 
+    def object_image(self, placement: Placement, w: int, h: int, size: int) -> Image.Image:
+        """The RGBA image ``placement`` pastes: its stamp at ``w`` x ``h``, mirrored and
+        recoloured as it says. A hook: subclasses may cache it (the renderer does not)."""
+        stamp = self.stamp_image(placement.stamp, max(size, w, h))
+        resample = Image.LANCZOS if stamp.width >= w else Image.BICUBIC
+        im = stamp.resize((w, h), resample) if stamp.size != (w, h) else stamp
+        if placement.flip:
+            im = im.transpose(Image.FLIP_LEFT_RIGHT)
+        if placement.color is not None:
+            im = recolor(im, placement.color)
+        return im
+
     def background(self, bg: Background, size: int) -> np.ndarray:
         """The background as a ``size`` x ``size`` x 3 uint8 array."""
         if bg.name not in BACKGROUNDS:
@@ -683,11 +727,7 @@ class SceneRenderer:
         boxes: list[tuple[int, int, int, int]] = []
         for placement in spec.objects:
             w, h = self.object_size(placement, size)
-            stamp = self.stamp_image(placement.stamp, max(size, w, h))
-            resample = Image.LANCZOS if stamp.width >= w else Image.BICUBIC
-            im = stamp.resize((w, h), resample) if stamp.size != (w, h) else stamp
-            if placement.flip:
-                im = im.transpose(Image.FLIP_LEFT_RIGHT)
+            im = self.object_image(placement, w, h, size)
             x0 = round(placement.x * size - w / 2)
             y0 = round(placement.y * size - h / 2)
             # The part of the object inside the image, in image and in object coordinates.
@@ -1041,4 +1081,5 @@ __all__ = [
     "label_from",
     "make_scenes",
     "parse_spec_options",
+    "recolor",
 ]
