@@ -235,6 +235,11 @@ def layers(
     ),
     device: str = typer.Option("cpu", "--device", help="Where to load the model for probing."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    show_concepts: bool = typer.Option(
+        False,
+        "--show-concepts",
+        help="With --json, for synthetic neurons: each unit's mode and concepts (its ground truth).",
+    ),
 ) -> None:
     """List a target's layers with their unit counts and spatial sizes."""
     from rich.console import Console
@@ -252,15 +257,18 @@ def layers(
     tgt = load_target(spec)
     infos = tgt.layers(all=all_layers)
     if as_json:
-        print(
-            json.dumps(
-                [
-                    {"layer": i.name, "units": i.units, "spatial": i.spatial, "kind": i.kind}
-                    for i in infos
-                ],
-                indent=2,
-            )
-        )
+        rows = [
+            {"layer": i.name, "units": i.units, "spatial": i.spatial, "kind": i.kind} for i in infos
+        ]
+        listing = getattr(tgt, "unit_listing", None)
+        if callable(listing):  # units with known concepts: listed, the concepts only when asked
+            for row in rows:
+                row["unit_list"] = [
+                    {k: v for k, v in e.items() if k != "layer"}
+                    for e in listing(show_concepts)
+                    if e["layer"] == row["layer"]
+                ]
+        print(json.dumps(rows, indent=2))
         return
     table = Table(title=f"{target}: {tgt.describe()}")
     for col in ("layer", "units", "spatial", "kind"):

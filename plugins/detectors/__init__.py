@@ -1,0 +1,1 @@
+"""Detectors for synthetic neurons (see maia_core.torch_runtime.detector)."""
