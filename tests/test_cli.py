@@ -148,7 +148,7 @@ def test_chunk_random_and_unit_file(tmp_path):
         ),
         (
             ["--backbone", "gtp-4o"],
-            "Unknown backbone 'gtp-4o' for --backbone. Known: claude (claude-*)",
+            "Unknown backbone 'gtp-4o' for --backbone. Known: baseline, claude (claude-*)",
         ),
         (["--tools", "teleport"], "Unknown tool 'teleport' for --tools. Known: "),
         (["--units", "blocks.6=x"], "Malformed unit spec 'blocks.6=x'"),

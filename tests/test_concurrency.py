@@ -241,3 +241,25 @@ def test_a_429_slows_every_investigation_and_all_finish(with_thirdparty, tmp_pat
     later = [t for t in times[1:] if t > first + 0.2]
     assert later and min(later) >= first + 1.9, [round(t - first, 2) for t in times]
     assert len(times) == 1 + 4 * 2
+
+
+def test_a_call_interrupted_by_the_time_limit_does_not_answer_the_next_call(tmp_path):
+    slow = (
+        "```python\nacts, _ = system.call_neuron([Image.new('RGB', (224, 224), 'gray')] * 150)\n```"
+    )
+    after = "```python\nacts, _ = system.call_neuron([Image.new('RGB', (224, 224), 'red')])\nprint('answers', len(acts))\n```"
+    turns = write_replay(tmp_path / "t.json", [slow, after, FINAL])
+    [inv] = run(
+        RunConfig(
+            target="efficientnet_lite0",
+            units="blocks.6=0",
+            backbone=f"replay:{turns}",
+            results=tmp_path / "results",
+            reporters=["json"],
+            cell_timeout=1.0,
+            device="cpu",
+        )
+    )
+    assert "TimeoutError" in inv.messages[3].text
+    # before the fix, the interrupted call's 150 answers arrived as this call's
+    assert "answers 1" in inv.messages[5].text

@@ -18,6 +18,7 @@ process (see :func:`serve`).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import inspect
 import os
 import queue
@@ -25,6 +26,7 @@ import sys
 import threading
 import time
 import traceback
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -72,24 +74,65 @@ def load_target(spec: WorldSpec) -> Any:
 
 
 class ForwardQueue:
-    """The target's ``forward_layers`` behind one model thread.
+    """The target's ``forward_layers`` behind one model thread, with a cache of recent images.
 
     Callers from any session thread wait for their result. With ``batching``, every job that
     is waiting when the thread comes round and asks for the same layers is run in one forward
-    pass and the outputs split back.
+    pass and the outputs split back. Images measured before (agents re-measure the images they
+    made; every unit of a survey sees the same ones) are answered from a bounded cache of
+    their layer outputs, keyed by the input's bytes.
     """
 
-    def __init__(self, forward: Callable[..., Any], batching: bool):
+    def __init__(self, forward: Callable[..., Any], batching: bool, cache_bytes: int = 256 * 2**20):
         self.forward = forward
         self.batching = batching
         self.jobs: queue.Queue = queue.Queue()
         self.passes = 0
         self.batched = 0
+        self.hits = 0
+        self.cache_bytes = cache_bytes
+        self._cache: OrderedDict[tuple, dict[str, Any]] = OrderedDict()
+        self._cached = 0
+        self._cache_lock = threading.Lock()
         threading.Thread(target=self._run, name="maia-model", daemon=True).start()
 
     def __call__(self, x: Any, layers: Any, unit: int | None = None) -> Any:
+        layers = tuple(layers)
+        if self.cache_bytes <= 0 or getattr(x, "is_cuda", True):
+            return self._submit(x, layers, unit)
+        import torch
+
+        keys = [(_digest(img), layers, unit) for img in x]
+        with self._cache_lock:
+            found = [self._cache.get(k) for k in keys]
+            for k, hit in zip(keys, found):
+                if hit is not None:
+                    self._cache.move_to_end(k)
+        missing = [i for i, hit in enumerate(found) if hit is None]
+        self.hits += len(keys) - len(missing)
+        if missing:
+            computed = self._submit(x[missing] if len(missing) < len(keys) else x, layers, unit)
+            for j, i in enumerate(missing):
+                found[i] = {name: t[j] for name, t in computed.items()}
+            self._remember([(keys[i], found[i]) for i in missing])
+        return {name: torch.stack([f[name] for f in found]) for name in found[0]}
+
+    def _remember(self, items: list[tuple[tuple, dict[str, Any]]]) -> None:
+        with self._cache_lock:
+            for key, out in items:
+                if key in self._cache:
+                    continue
+                # own copies: a slice would keep its whole batch alive
+                out = {name: t.clone() for name, t in out.items()}
+                self._cache[key] = out
+                self._cached += sum(t.numel() * t.element_size() for t in out.values())
+            while self._cached > self.cache_bytes and self._cache:
+                _, old = self._cache.popitem(last=False)
+                self._cached -= sum(t.numel() * t.element_size() for t in old.values())
+
+    def _submit(self, x: Any, layers: tuple, unit: int | None) -> Any:
         done = threading.Event()
-        job = {"x": x, "layers": tuple(layers), "unit": unit, "done": done}
+        job = {"x": x, "layers": layers, "unit": unit, "done": done}
         self.jobs.put(job)
         done.wait()
         if "error" in job:
@@ -306,6 +349,13 @@ class HostSession:
         return value
 
 
+def _digest(tensor: Any) -> bytes:
+    h = hashlib.blake2b(digest_size=16)
+    h.update(str((tuple(tensor.shape), tensor.dtype)).encode())
+    h.update(tensor.contiguous().numpy().tobytes())
+    return h.digest()
+
+
 def _doc_of(fn: Any) -> str:
     from maia_core.loop.prompts import format_signature
 
@@ -398,6 +448,7 @@ def serve(control: Channel) -> None:
                         "value": {
                             "passes": forwards.passes if forwards else 0,
                             "batched": forwards.batched if forwards else 0,
+                            "cache_hits": forwards.hits if forwards else 0,
                             "sessions": sum(t.is_alive() for t in sessions.values()),
                         },
                     }

@@ -182,6 +182,13 @@ class Kernel:
                 f"the model host could not answer this call ({exc}); it is being restarted. "
                 "Your variables are kept: run the call again."
             ) from None
+        except BaseException:
+            # Interrupted mid-call (the cell's time limit): the answer is still coming, and
+            # would be read as the next call's. This channel is done; the next call gets a new one.
+            if self.host is not None:
+                self.host.close()
+            self.host = None
+            raise
         seconds = reply.get("seconds")
         if isinstance(seconds, (int, float)):
             self.host_seconds += float(seconds)
@@ -209,7 +216,9 @@ class Kernel:
             )
         self.host = Channel.from_fd(fds[0])
         setup = UnitSetup.from_wire(answer.get("setup"))
-        self.namespace["system"]._attrs = dict(setup.attrs)
+        system = self.namespace.get("system")
+        if isinstance(system, SystemProxy):
+            object.__setattr__(system, "_attrs", dict(setup.attrs))
 
     def _show(self, part: Any) -> None:
         if self.collector is not None:

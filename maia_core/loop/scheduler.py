@@ -148,6 +148,8 @@ class Scheduler:
             unit_dir(self.config.results, self.backbone.slug, self.config.target, unit),
             describer=self.describer_name,
             tools=dict(self.info.tools),
+            target_options=dict(self.config.target_options),
+            bases=[list(b) for b in self.config.bases],
         )
         inv.skip_reason = None
         return inv

@@ -51,6 +51,9 @@ class Investigation:
     ground_truth: dict[str, Any] | None = None
     # Tool implementations in use: capability -> implementation.
     tools: dict[str, str] = field(default_factory=dict)
+    # How the target was built (--target-option, --basis), so an evaluation can build it again.
+    target_options: dict[str, str] = field(default_factory=dict)
+    bases: list[list[str]] = field(default_factory=list)
     # Estimated USD spent and rounds asked so far, updated every round (budgets read them).
     spent_usd: float = 0.0
     rounds_done: int = 0
@@ -65,6 +68,8 @@ class Investigation:
         r = self.result or Result("running")
         return {
             "target": self.target,
+            "target_options": self.target_options,
+            "bases": self.bases,
             "layer": self.unit.layer,
             "unit": self.unit.index,
             "backbone": self.backbone,
