@@ -244,9 +244,8 @@ def test_a_429_slows_every_investigation_and_all_finish(with_thirdparty, tmp_pat
 
 
 def test_a_call_interrupted_by_the_time_limit_does_not_answer_the_next_call(tmp_path):
-    slow = (
-        "```python\nacts, _ = system.call_neuron([Image.new('RGB', (224, 224), 'gray')] * 150)\n```"
-    )
+    # 150 different images (the host computes a repeated image once)
+    slow = "```python\nacts, _ = system.call_neuron([Image.new('RGB', (224, 224), (i, i, i)) for i in range(150)])\n```"
     after = "```python\nacts, _ = system.call_neuron([Image.new('RGB', (224, 224), 'red')])\nprint('answers', len(acts))\n```"
     turns = write_replay(tmp_path / "t.json", [slow, after, FINAL])
     [inv] = run(

@@ -80,7 +80,8 @@ class ForwardQueue:
     is waiting when the thread comes round and asks for the same layers is run in one forward
     pass and the outputs split back. Images measured before (agents re-measure the images they
     made; every unit of a survey sees the same ones) are answered from a bounded cache of
-    their layer outputs, keyed by the input's bytes.
+    their layer outputs, keyed by the input's bytes; images that another call is computing at
+    that moment are waited for, not computed twice.
     """
 
     def __init__(self, forward: Callable[..., Any], batching: bool, cache_bytes: int = 256 * 2**20):
@@ -94,6 +95,7 @@ class ForwardQueue:
         self._cache: OrderedDict[tuple, dict[str, Any]] = OrderedDict()
         self._cached = 0
         self._cache_lock = threading.Lock()
+        self._inflight: dict[tuple, threading.Event] = {}
         threading.Thread(target=self._run, name="maia-model", daemon=True).start()
 
     def __call__(self, x: Any, layers: Any, unit: int | None = None) -> Any:
@@ -103,18 +105,42 @@ class ForwardQueue:
         import torch
 
         keys = [(_digest(img), layers, unit) for img in x]
+        mine: list[int] = []  # images this call computes
+        theirs: list[tuple[int, threading.Event]] = []  # images another call is computing now
         with self._cache_lock:
             found = [self._cache.get(k) for k in keys]
-            for k, hit in zip(keys, found):
+            for i, (k, hit) in enumerate(zip(keys, found)):
                 if hit is not None:
                     self._cache.move_to_end(k)
-        missing = [i for i, hit in enumerate(found) if hit is None]
-        self.hits += len(keys) - len(missing)
-        if missing:
-            computed = self._submit(x[missing] if len(missing) < len(keys) else x, layers, unit)
-            for j, i in enumerate(missing):
+                elif k in self._inflight:  # another call's, or a repeat in this call
+                    theirs.append((i, self._inflight[k]))
+                else:
+                    self._inflight[k] = threading.Event()
+                    mine.append(i)
+        self.hits += len(keys) - len(mine) - len(theirs)
+        if mine:
+            try:
+                computed = self._submit(x[mine] if len(mine) < len(keys) else x, layers, unit)
+                for j, i in enumerate(mine):
+                    found[i] = {name: t[j] for name, t in computed.items()}
+                self._remember([(keys[i], found[i]) for i in mine])
+            finally:
+                with self._cache_lock:
+                    for i in mine:
+                        self._inflight.pop(keys[i]).set()
+        # The same images asked for at once by several investigations are computed once.
+        late = []
+        for i, event in theirs:
+            event.wait()
+            with self._cache_lock:
+                found[i] = self._cache.get(keys[i])
+            if found[i] is None:  # that call failed, or the entry was evicted already
+                late.append(i)
+        self.hits += len(theirs) - len(late)
+        if late:
+            computed = self._submit(x[late], layers, unit)
+            for j, i in enumerate(late):
                 found[i] = {name: t[j] for name, t in computed.items()}
-            self._remember([(keys[i], found[i]) for i in missing])
         return {name: torch.stack([f[name] for f in found]) for name in found[0]}
 
     def _remember(self, items: list[tuple[tuple, dict[str, Any]]]) -> None:

@@ -46,7 +46,9 @@ class HostActor:
         from maia_core.execution.sandbox import ProcessExecution
 
         # The results folder lives on the driver; logs stay on this node.
-        logs = Path(log_dir) if log_dir else Path(tempfile.mkdtemp(prefix="maia-ray-logs-"))
+        # A node's own log folder is removed when the actor shuts down cleanly.
+        self.own_logs = None if log_dir else Path(tempfile.mkdtemp(prefix="maia-ray-logs-"))
+        logs = Path(log_dir) if log_dir else self.own_logs
         self.execution = ProcessExecution(
             WorldSpec.from_wire(spec),
             cell_timeout=cell_timeout,
@@ -114,7 +116,11 @@ class HostActor:
             state["session"].close()
 
     def shutdown(self) -> None:
+        import shutil
+
         self.execution.close()
+        if self.own_logs is not None:
+            shutil.rmtree(self.own_logs, ignore_errors=True)
 
 
 class RaySession:
