@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from maia_core import plugins
 from maia_core.errors import UserError
@@ -128,6 +129,14 @@ def test_unknown_and_bad_options_are_one_line_errors():
         scenes("backgrounds=beach")
 
 
+def test_a_stamp_without_a_description_is_labelled_from_its_file_name(tmp_path):
+    # Tux Paint's own cartoon stamps (tuxpaint-data, not installed by CI) come without a .txt.
+    (tmp_path / "cartoon" / "tux").mkdir(parents=True)
+    Image.new("RGBA", (32, 32), (0, 0, 0, 255)).save(tmp_path / "cartoon" / "tux" / "tux-yes1.png")
+    stamp = StampLibrary.open(tmp_path)["cartoon/tux/tux-yes1"]
+    assert (stamp.label, stamp.description, stamp.category) == ("tux", "", "cartoon/tux")
+
+
 @needs_stamps
 def test_stamp_index_labels_and_descriptions():
     lib = StampLibrary.open(STAMPS)
@@ -135,7 +144,6 @@ def test_stamp_index_labels_and_descriptions():
     assert lib[ZEBRA].category == "animals/mammals/equines"
     assert lib["animals/birds/hen"].label == "hen"
     assert lib["food/fruit/apple_red"].label == "apple"
-    assert lib["cartoon/tux/tux-yes1"].label == "tux"
     # A mirrored stamp has no .txt of its own and shares its original's description.
     assert lib["vehicles/construction/dumper_mirror"].description.startswith("A dumper.")
     assert [s.id for s in lib.find("zebra")] == [ZEBRA]
