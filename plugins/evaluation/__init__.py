@@ -1,0 +1,1 @@
+"""Evaluation: scoring labels by prediction and against ground truth."""

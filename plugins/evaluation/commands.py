@@ -1,0 +1,220 @@
+"""``maia eval`` and ``maia bench``: evaluation as commands (a plugin, like any other)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from maia_core import hookimpl
+from maia_core.errors import UserError
+
+DEFAULT_SET = "synthetic:offline"
+
+
+@hookimpl
+def register_commands(cli):
+    import typer
+
+    @cli.command("eval")
+    def eval_command(
+        results: list[Path] = typer.Argument(
+            ..., help="Results folders of maia run (any level: results/, results/claude/...)."
+        ),
+        evaluator: str | None = typer.Option(
+            None,
+            "--evaluator",
+            help="The backbone that writes the prompts (MAIA's protocol), e.g. claude; implies --prompts llm.",
+        ),
+        evaluator_option: list[str] = typer.Option(
+            [], "--evaluator-option", help="KEY=VALUE passed to the evaluator backbone."
+        ),
+        prompts: str | None = typer.Option(
+            None,
+            "--prompts",
+            help="llm (with --evaluator) or template (no LLM; the default without --evaluator).",
+        ),
+        n: int = typer.Option(7, "--n", min=1, help="Positive and negative prompts per unit."),
+        tools: str | None = typer.Option(
+            None,
+            "--tools",
+            help="text2image=NAME: the renderer (default: the default here, as in maia run).",
+        ),
+        tool_option: list[str] = typer.Option(
+            [], "--tool-option", help="CAP.KEY=VALUE, as for maia run."
+        ),
+        device: str = typer.Option("auto", "--device"),
+        precision: str = typer.Option("fp32", "--precision"),
+        chunk: str | None = typer.Option(
+            None, "--chunk", help="I/N: score only chunk I of N of the units."
+        ),
+        force: bool = typer.Option(
+            False, "--force", help="Score units that already have an eval.json again."
+        ),
+        seed: int = typer.Option(0, "--seed", help="Base of every unit's seed."),
+        out: Path | None = typer.Option(
+            None,
+            "--out",
+            help="Where the table, plots and eval.html go (default: the first results folder).",
+        ),
+    ) -> None:
+        """Score every finished unit's label: predictively, and against ground truth where known."""
+        run_eval(
+            results,
+            evaluator=evaluator,
+            evaluator_options=evaluator_option,
+            prompts=prompts,
+            n=n,
+            tools=tools,
+            tool_options=tool_option,
+            device=device,
+            precision=precision,
+            chunk=chunk,
+            force=force,
+            seed=seed,
+            out=out,
+        )
+
+    @cli.command("bench")
+    def bench_command(
+        backbone: list[str] = typer.Option(
+            ["baseline"],
+            "--backbone",
+            "-b",
+            help="Backbones to compare (repeatable): baseline, claude, gpt-4o, ...",
+        ),
+        target: str = typer.Option(
+            DEFAULT_SET, "--set", "--target", help="The synthetic set (or any target) to study."
+        ),
+        units: str = typer.Option(
+            "mono:or:and",
+            "--units",
+            "-u",
+            help="Units, as for maia run (default: every neuron of the set).",
+        ),
+        results: Path = typer.Option(
+            Path("bench"), "--results", help="Results folder of the benchmark."
+        ),
+        concurrency: int | None = typer.Option(None, "--concurrency", "-j"),
+        max_rounds: int = typer.Option(25, "--max-rounds", min=1),
+        backbone_option: list[str] = typer.Option(
+            [], "--backbone-option", help="KEY=VALUE passed to every backbone."
+        ),
+        evaluator: str | None = typer.Option(
+            None,
+            "--evaluator",
+            help="Evaluator backbone for the prompts (default: templates, no LLM).",
+        ),
+        n: int = typer.Option(7, "--n", min=1),
+        device: str = typer.Option("auto", "--device"),
+        budget_usd: float | None = typer.Option(
+            None, "--budget-usd", min=0, help="Per backbone, as for maia run."
+        ),
+        force: bool = typer.Option(False, "--force"),
+    ) -> None:
+        """Benchmark backbones on synthetic neurons: run each, evaluate, and write the table, plots and eval.html."""
+        from maia_core.loop.run import RunConfig, run
+        from maia_core.options import parse_pairs
+
+        options = parse_pairs(backbone_option, "--backbone-option")
+        for name in backbone:
+            run(
+                RunConfig(
+                    target=target,
+                    backbone=name,
+                    units=units,
+                    results=results,
+                    concurrency=concurrency,
+                    max_rounds=max_rounds,
+                    backbone_options=options,
+                    device=device,
+                    budget_usd=budget_usd,
+                    force=force,
+                )
+            )
+        run_eval([results], evaluator=evaluator, n=n, device=device, force=force)
+
+
+def run_eval(
+    results: list[Path],
+    *,
+    evaluator: str | None = None,
+    evaluator_options: list[str] | None = None,
+    prompts: str | None = None,
+    n: int = 7,
+    tools: str | None = None,
+    tool_options: list[str] | None = None,
+    device: str = "auto",
+    precision: str = "fp32",
+    chunk: str | None = None,
+    force: bool = False,
+    seed: int = 0,
+    out: Path | None = None,
+    quiet: bool = False,
+) -> list[dict[str, Any]]:
+    """``maia eval`` as a function: score, then write ``eval.csv``, the plots and ``eval.html``."""
+    from rich.console import Console
+
+    from maia_core.files import ensure_output_folder
+    from maia_core.options import parse_pairs, parse_tool_options
+    from maia_plugins.evaluation.evaluate import check_folders, evaluate
+    from maia_plugins.evaluation.plots import write_plots
+    from maia_plugins.evaluation.report import render_eval_html
+    from maia_plugins.evaluation.summary import rich_table, summarize, write_csv
+
+    text2image = None
+    if tools:
+        cap, _, impl = tools.partition("=")
+        if cap.strip() != "text2image" or not impl.strip():
+            raise UserError(
+                f"--tools {tools!r}: maia eval renders with text2image only; give text2image=NAME."
+            )
+        text2image = impl.strip()
+    prompts = prompts or ("llm" if evaluator else "template")
+    results = check_folders(results)  # before --out is created, which may be one of them
+    out = ensure_output_folder(out or results[0], "--out")
+    backbone = None
+    if evaluator:
+        from maia_core.loop.run import make_backbone
+
+        backbone = make_backbone(
+            evaluator,
+            parse_pairs(evaluator_options or [], "--evaluator-option"),
+            flag="--evaluator",
+        )
+    console = Console(stderr=True, quiet=quiet)
+    try:
+        records = evaluate(
+            results,
+            prompts=prompts,
+            evaluator=backbone,
+            n=n,
+            text2image=text2image,
+            tool_options=parse_tool_options(tool_options or []),
+            device=device,
+            precision=precision,
+            chunk_spec=chunk,
+            force=force,
+            seed=seed,
+            progress=lambda what: console.print(f"[dim]evaluating {what}[/]", highlight=False),
+        )
+    finally:
+        if backbone is not None:
+            backbone.close()
+    rows = summarize(records)
+    write_csv(rows, out / "eval.csv")
+    plots = write_plots(records, out / "plots")
+    for record in records:
+        report = Path(record.get("_dir", "")) / "report.html"
+        try:
+            record["report"] = (
+                str(report.resolve().relative_to(out.resolve())) if report.is_file() else None
+            )
+        except ValueError:  # a results folder outside --out: no link
+            record["report"] = None
+    render_eval_html(records, out / "eval.html", plots=plots)
+    if not quiet:
+        Console().print(rich_table(rows))
+        print(
+            f"wrote {out / 'eval.csv'}, {out / 'eval.html'} and {len(plots)} plot(s) in {out / 'plots'}"
+        )
+    return records

@@ -1,0 +1,550 @@
+"""``maia eval``: score every finished unit under results folders, and write ``eval.json``.
+
+For each unit (a ``result.json`` that says ``completed``):
+
+- **Predictive evaluation**, MAIA's protocol: ``n`` prompts for images that should drive the
+  unit and ``n`` for images that should not are written from its label, by an evaluator
+  backbone (``--evaluator``; MAIA's instructions) or from templates (``--prompts template``,
+  no LLM). The text2image in use renders them, the unit's activations are measured, and the
+  means, CoSy's AUC and normalised mean difference, and a one-sided Mann-Whitney p-value are
+  kept with the prompts and the seed, so the evaluation can be replayed.
+- **Ground truth**, where the target knows it (synthetic neurons): exact concept match (the
+  label mapped to concepts by the scenes text2image's own matcher), label-truth similarity
+  (MiniLM cosine, as CLIP-Dissect measures it) and a detection score on rendered scenes (F1,
+  IoU and AUPRC between the unit firing and the labelled concepts' presence).
+
+No agent code runs here, so the models are loaded in this process (one model host per target),
+and the evaluator backbone is called from it. Each unit's ``eval.json`` is written atomically;
+a re-run skips units that have one (``--force`` redoes them), and ``--chunk I/N`` splits the
+units over machines.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import re
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from maia_core.errors import UserError
+from maia_core.files import atomic_write_json
+from maia_core.loop.investigation import extract_code
+from maia_core.loop.results import read_result
+from maia_core.units import Unit, chunk, parse_chunk
+
+DEFAULT_N = 7
+# The evaluator's instructions, after MAIA's evaluation/eval.py (its protocol, our wording).
+POSITIVE = (
+    "You will receive a label describing the concept or concepts that a neuron of a vision "
+    "model detects. Write a list of {n} prompts for a text-to-image model, to generate images "
+    "that should activate the neuron as much as possible. Each prompt describes the content of "
+    "one image, and nothing else. If the label names several concepts (for example joined by "
+    "'or'), spread the prompts over them. Write one prompt per line, with no numbering.\n\n"
+    "Label: {label}"
+)
+NEGATIVE = (
+    "You will receive a label describing the concept or concepts that a neuron of a vision "
+    "model detects. Write a list of {n} prompts for a text-to-image model, to generate images "
+    "that should NOT activate the neuron, because their content is unrelated to the label. "
+    "Do not use any word or content related to the label. Each prompt describes the content "
+    "of one image, and nothing else. Write one prompt per line, with no numbering.\n\n"
+    "Label: {label}"
+)
+TEMPLATES = (
+    "{label}",
+    "a {label}",
+    "a photo of {label}",
+    "{label} in the center",
+    "a big {label}",
+    "two {label}",
+    "{label} on a plain white background",
+)
+# Controls for the template negatives when the text2image has no vocabulary of its own.
+COMMON_OBJECTS = (
+    "a chair",
+    "a bicycle",
+    "a teapot",
+    "a violin",
+    "a lighthouse",
+    "a pineapple",
+    "a bus",
+    "a clock",
+    "a kite",
+    "an umbrella",
+    "a castle",
+    "a sailboat",
+    "a lamp",
+    "a guitar",
+    "a backpack",
+    "a cactus",
+    "a mushroom",
+    "a helicopter",
+    "a snail",
+    "a cupcake",
+)
+# Below this MiniLM similarity to the label, a vocabulary concept is unrelated to it.
+UNRELATED = 0.3
+_LIST_MARK = re.compile(r"^\s*(?:[-*•]+|\d+[.)]|\(\d+\))\s*")
+
+
+# -- finding the units -------------------------------------------------------------------------
+
+
+def check_folders(folders: Iterable[str | Path]) -> list[Path]:
+    """The results folders as paths; a one-line error for one that is missing or a file."""
+    checked = [Path(folder) for folder in folders]
+    for folder in checked:
+        if not folder.is_dir():
+            what = "is a file" if folder.exists() else "does not exist"
+            raise UserError(
+                f"Results folder {str(folder)!r} {what}; give the folder maia run wrote (e.g. results/)."
+            )
+    return checked
+
+
+def find_units(folders: Iterable[str | Path]) -> list[tuple[Path, dict[str, Any]]]:
+    """Every unit folder with a ``result.json`` under ``folders``, sorted, with its result."""
+    found: dict[Path, dict[str, Any]] = {}
+    folders = check_folders(folders)
+    for folder in folders:
+        for path in folder.rglob("result.json"):
+            result = read_result(path.parent)
+            if (
+                result is not None
+                and isinstance(result.get("unit"), int)
+                and isinstance(result.get("layer"), str)
+            ):
+                found[path.parent.resolve()] = result
+    if not found:
+        raise UserError(f"No results under {', '.join(map(str, folders))}: run maia run first.")
+    return sorted(
+        found.items(),
+        key=lambda kv: (
+            str(kv[1].get("backbone")),
+            str(kv[1].get("target")),
+            kv[1]["layer"],
+            kv[1]["unit"],
+        ),
+    )
+
+
+# -- prompts -----------------------------------------------------------------------------------
+
+
+def parse_prompts(reply: str, n: int) -> list[str]:
+    """The prompts of an evaluator's reply: one per line, list marks and quotes removed."""
+    out = []
+    for line in reply.splitlines():
+        line = _LIST_MARK.sub("", line).strip().strip('"').strip()
+        if line and not line.endswith(":"):
+            out.append(line)
+    return out[:n]
+
+
+def llm_prompts(backbone: Any, label: str, n: int) -> tuple[list[str], list[str], dict[str, Any]]:
+    """Positive and negative prompts written by the evaluator backbone, and what it cost."""
+    from maia_core.backbone import Usage
+    from maia_core.transcript import Message
+
+    prompts, usage = [], Usage()
+    for instructions in (POSITIVE, NEGATIVE):
+        reply = backbone.complete([Message.of("user", instructions.format(n=n, label=label))])
+        usage = usage + reply.usage
+        parsed = parse_prompts(reply.text, n)
+        if not parsed:
+            raise UserError(
+                f"The evaluator answered no prompts for the label {label!r}: {reply.text[:200]!r}"
+            )
+        prompts.append(parsed)
+    return prompts[0], prompts[1], usage.to_json()
+
+
+def template_prompts(
+    label: str, n: int, controls: list[str], seed: int
+) -> tuple[list[str], list[str]]:
+    """Positives from templates around the label; negatives from ``controls`` (prompts of
+    concepts unrelated to it), chosen by ``seed``."""
+    import random
+
+    positives = [TEMPLATES[i % len(TEMPLATES)].format(label=label) for i in range(n)]
+    rng = random.Random(seed)
+    negatives = rng.sample(controls, min(n, len(controls)))
+    return positives, negatives
+
+
+def unit_seed(base: int, result: dict[str, Any]) -> int:
+    """One seed per unit, the same whichever backbone labelled it, so backbones are compared
+    on the same negatives and the same noise."""
+    key = f"{base}/{result.get('target')}/{result['layer']}/{result['unit']}".encode()
+    return int.from_bytes(hashlib.sha256(key).digest()[:4], "big") & 0x7FFFFFF
+
+
+# -- the evaluator -----------------------------------------------------------------------------
+
+
+class Evaluator:
+    """Scores units of one target with one model host (loaded in this process)."""
+
+    def __init__(
+        self,
+        target: str,
+        target_options: dict[str, str],
+        bases: list[list[str]],
+        *,
+        text2image: str | None,
+        tool_options: dict[str, dict[str, str]],
+        device: str,
+        precision: str,
+    ):
+        from maia_core.execution.host import ModelHost
+        from maia_core.execution.specs import WorldSpec
+
+        tools = [f"text2image={text2image}" if text2image else "text2image"]
+        self.host = ModelHost(
+            WorldSpec(
+                target=target,
+                target_options=dict(target_options),
+                bases=[tuple(b) for b in bases],
+                tools=tools,
+                tool_options=tool_options,
+                device=device,
+                precision=precision,
+            )
+        )
+        self.t2i = self.host.tool_objects["text2image"]
+        self.implementation = self.host.implementations["text2image"]
+        self._scenes: Any = None
+
+    def scenes(self) -> Any:
+        """The scenes text2image (for ground truth: its matcher and its annotated renders)."""
+        if self.implementation == "scenes":
+            return self.t2i
+        if self._scenes is None:
+            from maia_plugins.tools.scenes_tools import ScenesText2Image
+
+            self._scenes = ScenesText2Image(self.host.ctx, size="224")
+        return self._scenes
+
+    def controls(self, label: str) -> list[str]:
+        """Prompts of concepts unrelated to ``label``, for template negatives."""
+        language = getattr(self.t2i, "language", None)
+        if language is None:
+            candidates = [(p, p.split(" ", 1)[1]) for p in COMMON_OBJECTS]
+        else:
+            candidates = [
+                (f"a {c.name}", c.name)
+                for c in language.vocabulary()
+                if c.kind == "object" and c.via == "label"
+            ]
+        sims = similarities(label, [name for _, name in candidates])
+        matched = set(label_concepts(self.scenes().language, label))
+        return [
+            p
+            for (p, name), s in zip(candidates, sims)
+            if s < UNRELATED and name.lower() not in matched
+        ]
+
+    def measure(self, unit: Unit, images: list[Any]) -> tuple[list[float], list[Any]]:
+        session = self.host.open(unit, None)
+        acts, masked = session.system.call_neuron(images)
+        return [float(a) for a in acts], masked
+
+    def predictive(
+        self, unit: Unit, label: str, *, prompts: str, n: int, seed: int, evaluator: Any
+    ) -> dict[str, Any]:
+        from maia_plugins.evaluation.metrics import predictive_scores
+
+        usage = None
+        if prompts == "llm":
+            positives, negatives, usage = llm_prompts(evaluator, label, n)
+        else:
+            positives, negatives = template_prompts(label, n, self.controls(label), seed)
+        images, notes = self.t2i.generate(positives + negatives, seed)
+        acts, masked = self.measure(unit, images)
+        pos, neg = acts[: len(positives)], acts[len(positives) :]
+        out = {
+            "prompts": prompts,
+            "n": n,
+            "text2image": self.implementation,
+            "seed": seed,
+            "positive_prompts": positives,
+            "negative_prompts": negatives,
+            "positive": pos,
+            "negative": neg,
+            **predictive_scores(pos, neg),
+        }
+        if notes:
+            out["notes"] = notes
+        if usage is not None:
+            out["evaluator_usage"] = usage
+        best_pos = max(range(len(pos)), key=pos.__getitem__) if pos else None
+        best_neg = max(range(len(neg)), key=neg.__getitem__) if neg else None
+        out["_thumbnails"] = {
+            "positive": masked[best_pos] if best_pos is not None else None,
+            "negative": masked[len(positives) + best_neg] if best_neg is not None else None,
+        }
+        return out
+
+    def ground_truth(
+        self, unit: Unit, label: str, truth: dict[str, Any], seed: int
+    ) -> dict[str, Any]:
+        """The label against the unit's known concepts."""
+        from maia_plugins.evaluation.metrics import detection_scores
+
+        scenes = self.scenes()
+        concepts = [str(c).lower() for c in truth.get("concepts") or []]
+        matched = label_concepts(scenes.language, label)
+        out: dict[str, Any] = {
+            "mode": truth.get("mode"),
+            "concepts": concepts,
+            "matched": matched,
+            "exact": bool(matched) and set(matched) == set(concepts),
+            "similarity": similarities(" ".join(concepts), [label])[0],
+        }
+        # Detection: scenes showing the true concepts, the labelled ones, both, and controls;
+        # does the unit fire exactly where the labelled concepts are?
+        kinds = {c.name.lower(): c.kind for c in scenes.language.vocabulary()}
+        prompts = []
+        for name in dict.fromkeys(concepts + matched):
+            prompts += [concept_prompt(name, kinds.get(name, "object"))] * 3
+        if len(concepts) > 1:
+            prompts += [together(concepts, kinds)] * 3
+        if len(matched) > 1:
+            prompts += [together(matched, kinds)] * 3
+        prompts += self.controls(label)[:12]
+        rendered = scenes.render(prompts, seed)
+        acts, _ = self.measure(unit, [img for img, _ in rendered])
+        need_all = " and " in f" {label.lower()} "
+        presence = []
+        for _, annotation in rendered:
+            present = set(annotation.get("concepts") or []) | set(annotation.get("colors") or [])
+            present.add(str((annotation.get("background") or {}).get("label") or ""))
+            hits = [m in present for m in matched]
+            presence.append(bool(hits) and (all(hits) if need_all else any(hits)))
+        out["detection"] = detection_scores(acts, presence)
+        out["detection"]["prompts"] = prompts
+        return out
+
+    def close(self) -> None:
+        self.host.close()
+
+
+_JOINERS = re.compile(
+    r",|;|\bor\b|\band\b|\bas well as\b|\btogether with\b|\bwith\b", re.IGNORECASE
+)
+
+
+def label_concepts(language: Any, label: str) -> list[str]:
+    """The concepts a label names, by the text2image matcher, each part of a compound label
+    ("red or blue", "a dog and grass") matched on its own so no part is lost."""
+    names: list[str] = []
+    for part in [label, *_JOINERS.split(label)]:
+        part = part.strip()
+        if part:
+            names += [c.name.lower() for c in language.match(part)]
+    return list(dict.fromkeys(names))
+
+
+def concept_prompt(name: str, kind: str) -> str:
+    """A scenes prompt that shows one concept."""
+    if kind == "color":
+        return f"a plain {name} background"
+    if kind == "background":
+        return name
+    return f"a {name}"
+
+
+def together(names: list[str], kinds: dict[str, str]) -> str:
+    objects = [n for n in names if kinds.get(n, "object") == "object"]
+    colours = [n for n in names if kinds.get(n) == "color"]
+    backgrounds = [n for n in names if kinds.get(n) == "background"]
+    text = " and ".join(f"a {o}" for o in objects) or "a ball"
+    if backgrounds:
+        text += f" on {backgrounds[0]}"
+    elif colours:
+        text += f" on a plain {colours[0]} background"
+        if len(colours) > 1:
+            text = (
+                f"a {colours[1]} {text[2:]}"
+                if objects
+                else f"a {colours[1]} ball on a plain {colours[0]} background"
+            )
+    return text
+
+
+_encoder: Any = None
+
+
+def similarities(text: str, others: list[str]) -> list[float]:
+    """MiniLM cosine similarity of ``text`` to each of ``others`` (all-MiniLM-L6-v2, offline)."""
+    global _encoder
+    if not others:
+        return []
+    if _encoder is None:
+        from maia_plugins.tools.scene_language import default_encoder
+
+        _encoder = default_encoder()
+    vectors = _encoder.encode([text, *others])
+    return [float(v) for v in vectors[1:] @ vectors[0]]
+
+
+def tool_usage(unit_dir: Path) -> dict[str, int]:
+    """Calls per tool in the agent's code (``tools.<name>(``), from its transcript."""
+    try:
+        history = json.loads((unit_dir / "history.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    counts: dict[str, int] = {}
+    for message in history.get("messages") or ():
+        if message.get("role") != "assistant":
+            continue
+        text = "\n".join(
+            p.get("text", "") for p in message.get("parts") or () if isinstance(p, dict)
+        )
+        for code in extract_code(text):
+            for name in re.findall(r"\btools\.(\w+)\s*\(", code):
+                counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
+def thumbnail(image: Any, side: int = 112) -> str | None:
+    if image is None:
+        return None
+    from maia_core.images import resize_longest
+
+    buf = io.BytesIO()
+    resize_longest(image.convert("RGB"), side).save(buf, format="JPEG", quality=80)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+# -- the command's work ------------------------------------------------------------------------
+
+
+def evaluate(
+    folders: list[Path],
+    *,
+    prompts: str = "template",
+    evaluator: Any = None,
+    n: int = DEFAULT_N,
+    text2image: str | None = None,
+    tool_options: dict[str, dict[str, str]] | None = None,
+    device: str = "auto",
+    precision: str = "fp32",
+    chunk_spec: str | None = None,
+    force: bool = False,
+    seed: int = 0,
+    progress: Callable[[str], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Score the units under ``folders``; returns every unit's record (old and new)."""
+    if prompts not in ("template", "llm"):
+        raise UserError(f"--prompts must be template or llm, not {prompts!r}.")
+    if prompts == "llm" and evaluator is None:
+        raise UserError(
+            "--prompts llm needs an evaluator backbone: --evaluator claude (or any backbone)."
+        )
+    if n < 1:
+        raise UserError(f"--n must be at least 1, not {n}.")
+    units = find_units(folders)
+    if chunk_spec:
+        units = chunk(units, *parse_chunk(chunk_spec))
+    records = []
+    todo: dict[tuple, list[tuple[Path, dict[str, Any]]]] = {}
+    for unit_dir, result in units:
+        existing = _read_eval(unit_dir)
+        if existing is not None and not force:
+            records.append(existing)
+        elif result.get("status") == "completed" and result.get("label"):
+            key = (
+                result.get("target"),
+                json.dumps(result.get("target_options") or {}, sort_keys=True),
+                json.dumps(result.get("bases") or []),
+            )
+            todo.setdefault(key, []).append((unit_dir, result))
+        else:
+            records.append(_record(unit_dir, result))  # listed, not scored
+    for (target, options, bases), group in todo.items():
+        ev = Evaluator(
+            str(target),
+            json.loads(options),
+            json.loads(bases),
+            text2image=text2image,
+            tool_options=tool_options or {},
+            device=device,
+            precision=precision,
+        )
+        try:
+            for unit_dir, result in group:
+                if progress:
+                    progress(
+                        f"{result.get('backbone')} {target} {result['layer']}={result['unit']}"
+                    )
+                records.append(
+                    score_unit(
+                        ev, unit_dir, result, prompts=prompts, n=n, seed=seed, evaluator=evaluator
+                    )
+                )
+        finally:
+            ev.close()
+    return records
+
+
+def _read_eval(unit_dir: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads((unit_dir / "eval.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    data["_dir"] = str(unit_dir)
+    return data
+
+
+def _record(unit_dir: Path, result: dict[str, Any]) -> dict[str, Any]:
+    usage = result.get("usage") if isinstance(result.get("usage"), dict) else {}
+    record = {
+        "backbone": result.get("backbone"),
+        "target": result.get("target"),
+        "layer": result["layer"],
+        "unit": result["unit"],
+        "label": result.get("label"),
+        "description": result.get("description"),
+        "status": result.get("status"),
+        "rounds": result.get("rounds"),
+        "cost_usd": usage.get("cost_usd"),
+        "tools_used": tool_usage(unit_dir),
+        "predictive": None,
+        "ground_truth": None,
+        "_dir": str(unit_dir),
+    }
+    return record
+
+
+def score_unit(
+    ev: Evaluator,
+    unit_dir: Path,
+    result: dict[str, Any],
+    *,
+    prompts: str,
+    n: int,
+    seed: int,
+    evaluator: Any,
+) -> dict[str, Any]:
+    record = _record(unit_dir, result)
+    unit = Unit(result["layer"], result["unit"])
+    label = str(result["label"])
+    s = unit_seed(seed, result)
+    predictive = ev.predictive(unit, label, prompts=prompts, n=n, seed=s, evaluator=evaluator)
+    thumbs = predictive.pop("_thumbnails")
+    record["predictive"] = predictive
+    record["thumbnails"] = {k: thumbnail(v) for k, v in thumbs.items()}
+    truth = ev.host.ground_truth(unit)
+    if truth is not None:
+        record["ground_truth"] = ev.ground_truth(unit, label, truth, s)
+    atomic_write_json(
+        unit_dir / "eval.json", {k: v for k, v in record.items() if not k.startswith("_")}
+    )
+    return record
