@@ -80,5 +80,15 @@ def register_detectors(register):
 
 
 @hookspec
+def register_tasks(register):
+    """Register tasks: ``register(name, factory, help=...)``.
+
+    ``factory(**options)`` returns a :class:`maia_core.task.Task`: what an investigation is
+    asked to find (``maia run --task NAME``), the agent's ``system`` for its subject, how the
+    final answer is parsed, shown and scored. ``options`` are the ``--task-option`` pairs.
+    """
+
+
+@hookspec
 def register_commands(cli):
     """Add subcommands to the ``maia`` command line. ``cli`` is the root ``typer.Typer`` app."""

@@ -22,7 +22,7 @@ from maia_core import hookspecs
 from maia_core.errors import UserError
 
 ENTRY_POINT_GROUP = "maia"
-KINDS = ("targets", "backbones", "tools", "reporters", "datasets", "detectors")
+KINDS = ("targets", "backbones", "tools", "reporters", "datasets", "detectors", "tasks")
 
 
 @dataclass
@@ -156,6 +156,7 @@ class _PluginSet:
             "reporters": "--reporter",
             "datasets": "--dataset",
             "detectors": "--target-option detector",
+            "tasks": "--task",
         }[kind]
         registry = Registry(kind, flag)
         caller = getattr(self.pm.hook, f"register_{kind}")
@@ -224,8 +225,8 @@ def register_plugin(plugin: object, name: str | None = None) -> None:
 
 
 def registry(kind: str) -> Registry:
-    """The registry of ``kind``: ``targets``, ``backbones``, ``tools``, ``reporters``, ``datasets``
-    or ``detectors``."""
+    """The registry of ``kind``: ``targets``, ``backbones``, ``tools``, ``reporters``, ``datasets``,
+    ``detectors`` or ``tasks``."""
     if kind not in KINDS:
         raise ValueError(f"unknown registry kind {kind!r}")
     return get_plugins().registry(kind)
