@@ -58,5 +58,9 @@ class Target(ABC):
         otherwise. Read by maia after the agent answers, never shown to the agent."""
         return None
 
+    # Optional: ``bind_truth(registry)``. A target that defines it is handed the host's
+    # :class:`~maia_core.tools.TruthRegistry` (the ground truth of every image the generators
+    # and the scenes dataset made, keyed by pixels) before any investigation starts.
+
     def close(self) -> None:
         """Release models and memory."""

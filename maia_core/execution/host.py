@@ -227,6 +227,7 @@ class ModelHost:
             exemplars=spec.exemplars,
             precision=spec.precision,
         )
+        self._bind_truth()
         chosen = plugins.select_tools(spec.tools, device=device)
         self.tool_objects = {
             cap: e.factory(self.ctx, **spec.tool_options.get(cap, {})) for cap, e in chosen.items()
@@ -247,6 +248,13 @@ class ModelHost:
         self.load_seconds = time.perf_counter() - started
         self.pristine: Any = None
 
+    def _bind_truth(self) -> None:
+        """A target that reads generated images' ground truth (an exact detector) gets the
+        registry the generators fill; it never leaves this process."""
+        bind_truth = getattr(self.target, "bind_truth", None)
+        if callable(bind_truth):
+            bind_truth(self.ctx.truth)
+
     def restore_if_tampered(self) -> str | None:
         """For the in-process sandbox: reload the target if agent code changed it. Returns why."""
         from maia_core.execution.pristine import Pristine
@@ -260,6 +268,7 @@ class ModelHost:
         self.target.close()
         self.target = load_target(self.spec)
         self.ctx.target = self.target
+        self._bind_truth()
         if callable(getattr(self.target, "forward_layers", None)):
             self.forwards = ForwardQueue(
                 self.target.forward_layers, self.forwards.batching if self.forwards else False
