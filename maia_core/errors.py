@@ -29,3 +29,14 @@ class BackboneError(Exception):
 class ToolError(Exception):
     """A tool's answer to bad use or a missing resource: the agent sees the message and its
     own lines of code, not the tool's internals."""
+
+
+def check_count(value: int, flag: str, low: int, high: int, why: str = "") -> int:
+    """``value`` when ``low <= value <= high``; else a one-line error that names the bound it
+    passes (and ``why`` there is an upper one)."""
+    if value < low:
+        raise UserError(f"{flag} must be at least {low:,}, not {value:,}.")
+    if value > high:
+        reason = f" ({why})" if why else ""
+        raise UserError(f"{flag} must be at most {high:,}{reason}, not {value:,}.")
+    return value

@@ -16,7 +16,7 @@ from maia_core.backbone import Backbone, Usage
 from maia_core.execution.sandbox import Session
 from maia_core.loop import prompts
 from maia_core.loop.describer import Describer, DescriberCall
-from maia_core.loop.reporter import Reporter
+from maia_core.loop.reporter import Reporter, UnitNotSaved
 from maia_core.loop.state import Investigation, Result
 from maia_core.transcript import Message, Part, TextPart
 
@@ -86,6 +86,9 @@ class Loop:
     def _add(self, inv: Investigation, message: Message) -> None:
         inv.messages.append(message)
         self.reporter.message_added(inv, message)
+        if inv.save_error is not None:
+            # The transcript can no longer be saved: asking on would spend for nothing.
+            raise UnitNotSaved(inv.save_error)
 
     def _ask(self, inv: Investigation, result: Result, kind: str) -> str:
         reply = self.backbone.complete(inv.messages)
@@ -175,7 +178,9 @@ class Loop:
             task = prompts.task_prompt(
                 str(inv.unit.index),
                 inv.unit.layer,
-                inv.target,
+                # The name system gives itself: a user's file path in a target spec
+                # (synthetic:/home/me/set.json) is not the agent's to see.
+                str(setup.attrs.get("model_name") or inv.target),
                 setup.target_description,
                 setup.threshold_note,
             )

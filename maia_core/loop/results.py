@@ -1,7 +1,10 @@
 """A unit's results folder: where it is, whether it is done, who is studying it.
 
 ``result.json`` is the completion marker: it is written by the core, atomically, after every
-reporter has written its files, so a unit marked ``completed`` has all of them. A per-unit lock
+reporter has written its files, and only when every one of them could, so a unit marked
+``completed`` has all of them. Before a completed unit is skipped, its history must hold the
+answer its ``result.json`` gives, and each reporter checks (and may rebuild) its own files; a
+unit that fails these checks is studied again. A per-unit lock
 keeps two runs from studying (and paying for) the same unit at once; a lock whose holder died
 is released by the operating system, so stale locks need no cleaning. The lock file stays
 (empty) after its run: deleting it would let two runs lock different files of one name.
@@ -19,11 +22,14 @@ from pathlib import Path
 from typing import Any
 
 from maia_core import __version__
+from maia_core.backbone import Usage
 from maia_core.files import atomic_write_json, slug
-from maia_core.loop.state import Investigation
+from maia_core.loop.state import Investigation, Result
 from maia_core.units import Unit
 
 LOCK_NAME = ".lock"
+# A result.json maia writes is a few KB; anything this big is not one, and is not read.
+MAX_RESULT_BYTES = 4_000_000
 
 
 def unit_dir(results: Path, backbone_slug: str, target: str, unit: Unit) -> Path:
@@ -32,9 +38,13 @@ def unit_dir(results: Path, backbone_slug: str, target: str, unit: Unit) -> Path
 
 
 def read_result(out_dir: Path) -> dict[str, Any] | None:
-    """The unit's ``result.json``, or None when it is missing or unreadable."""
+    """The unit's ``result.json``, or None when it is missing or unreadable (or is not a
+    plain file: a FIFO there must not hang the index)."""
+    path = Path(out_dir) / "result.json"
     try:
-        data = json.loads((out_dir / "result.json").read_text())
+        if not path.is_file() or path.stat().st_size > MAX_RESULT_BYTES:
+            return None
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
@@ -43,6 +53,56 @@ def read_result(out_dir: Path) -> dict[str, Any] | None:
 def completed(out_dir: Path) -> bool:
     data = read_result(out_dir)
     return data is not None and data.get("status") == "completed"
+
+
+def result_from_json(row: dict[str, Any]) -> Result:
+    """The :class:`Result` a ``result.json`` holds (reporters re-render from it)."""
+    usage = row.get("usage") if isinstance(row.get("usage"), dict) else {}
+
+    def number(value: Any, kind: type) -> Any:
+        try:
+            return kind(value or 0)
+        except (TypeError, ValueError):
+            return kind(0)
+
+    return Result(
+        str(row.get("status")),
+        row.get("description"),
+        row.get("label"),
+        number(row.get("rounds"), int),
+        number(row.get("wall_time_s"), float),
+        Usage(
+            number(usage.get("input_tokens"), int),
+            number(usage.get("output_tokens"), int),
+            usage.get("cost_usd"),
+        ),
+        error=row.get("error"),
+        sandbox_restarts=number(row.get("sandbox_restarts"), int),
+    )
+
+
+def history_answer(out_dir: Path) -> tuple[str, str] | None:
+    """The final answer that ends the unit's ``history.json``: ``(description, label)`` parsed
+    from its last assistant turn, or None (no history, or one cut short before the answer).
+    Reads the JSON only: no image of the transcript is decoded."""
+    from maia_core.loop.investigation import parse_final
+
+    try:
+        messages = json.loads((Path(out_dir) / "history.json").read_text(encoding="utf-8"))[
+            "messages"
+        ]
+        last = next(m for m in reversed(messages) if m.get("role") == "assistant")
+        text = "\n".join(p["text"] for p in last.get("parts") or () if p.get("type") == "text")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, StopIteration):
+        return None
+    return parse_final(text)
+
+
+def holds_answer(out_dir: Path, result: Result) -> bool:
+    """Whether the unit's history ends with the answer ``result`` gives."""
+    if result.description is None:
+        return False
+    return history_answer(out_dir) == (result.description, result.label or "")
 
 
 def write_result(inv: Investigation) -> None:

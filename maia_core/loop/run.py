@@ -17,18 +17,23 @@ from typing import Any
 from maia_core import plugins
 from maia_core import units as unitspec
 from maia_core.backbone import Backbone
-from maia_core.errors import UserError
+from maia_core.errors import UserError, check_count
 from maia_core.execution.sandbox import DEFAULT_CELL_TIMEOUT, make_execution, parse_memory
 from maia_core.execution.specs import WorldSpec
 from maia_core.files import ensure_output_folder
 from maia_core.loop.investigation import DEFAULT_MAX_ROUNDS
 from maia_core.loop.reporter import Reporter, Reporters
-from maia_core.loop.scheduler import Scheduler
+from maia_core.loop.scheduler import OutOfSpace, Scheduler
 from maia_core.loop.state import Investigation, RunInfo
 from maia_core.providers.pricing import PriceTable
 
 DEFAULT_REPORTERS = ("json", "html", "console")
 DEFAULT_CONCURRENCY = 4
+# Upper bounds of the counts a run takes; each is far above any use, and below what would
+# exhaust a machine (a kernel per investigation, a thread per unit in flight, a Ray actor each).
+MAX_ROUNDS = 1000
+MAX_CONCURRENCY = 256
+MAX_RAY_ACTORS = 1024
 EXECUTORS = ("local", "ray")
 
 
@@ -94,8 +99,7 @@ def check_config(config: RunConfig) -> None:
     timeout = config.cell_timeout
     if timeout is not None and not (math.isfinite(timeout) and timeout > 0):
         raise UserError(f"--cell-timeout must be a number of seconds above 0, not {timeout!r}.")
-    if config.max_rounds < 1:
-        raise UserError(f"--max-rounds must be at least 1, not {config.max_rounds}.")
+    check_count(config.max_rounds, "--max-rounds", 1, MAX_ROUNDS, "no context holds more")
     if config.budget_usd is not None and not (
         math.isfinite(config.budget_usd) and config.budget_usd >= 0
     ):
@@ -106,8 +110,12 @@ def check_config(config: RunConfig) -> None:
         raise UserError(
             f"--exemplars {config.exemplars!r} is a file; give the folder of exemplar stores (or one store's folder)."
         )
-    if config.concurrency is not None and config.concurrency < 1:
-        raise UserError(f"--concurrency must be at least 1, not {config.concurrency}.")
+    if config.concurrency is not None:
+        check_count(
+            config.concurrency, "--concurrency", 1, MAX_CONCURRENCY, "a kernel process each"
+        )
+    if config.ray_actors is not None:
+        check_count(config.ray_actors, "--ray-actors", 1, MAX_RAY_ACTORS)
     if config.sandbox == "none" and (config.concurrency or 1) > 1:
         raise UserError(
             "--sandbox none runs one investigation at a time, in this process; drop --concurrency or use --sandbox process."
@@ -272,8 +280,8 @@ def run(config: RunConfig, reporter: Reporter | None = None) -> list[Investigati
         )
         investigations = scheduler.run(selected)
         reporters.run_finished(info, investigations)
-    except KeyboardInterrupt:
-        interrupted = True
+    except (KeyboardInterrupt, OutOfSpace):
+        interrupted = True  # the units in flight are stopped now, and resume next time
         raise
     finally:
         execution.close(now=interrupted)

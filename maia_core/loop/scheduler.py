@@ -4,7 +4,12 @@ Each investigation runs in its own thread: it spends nearly all its time waiting
 backbone, while the model host serves every investigation's experiments. Units start in
 order; results are the same as a sequential run's, whatever N is.
 
-- A unit whose ``result.json`` says ``completed`` is skipped (``--force`` redoes it).
+- A unit whose ``result.json`` says ``completed`` is skipped (``--force`` redoes it), if its
+  history holds that answer and the reporters find their files whole (rebuilding what they
+  can); otherwise it is studied again.
+- A unit whose files a reporter could not write is not marked completed: it fails, and the
+  next run studies it again. A full disk stops the run at once, with one line that names the
+  unit, the space needed and what to free.
 - A unit another run is studying (its lock is held) is skipped, and the summary says so.
 - Under ``--budget-usd``, a unit starts only while the spend so far plus an estimate for the
   units in flight (what each has spent, or the mean cost of a finished unit if more) is
@@ -19,6 +24,7 @@ order; results are the same as a sequential run's, whatever N is.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import threading
 import traceback
@@ -27,14 +33,40 @@ from typing import Any
 from maia_core.backbone import Backbone
 from maia_core.errors import BackboneError, UserError
 from maia_core.execution.sandbox import SessionLost
+from maia_core.files import disk_full_message, no_space
 from maia_core.loop.describer import Describer
 from maia_core.loop.investigation import Loop
-from maia_core.loop.reporter import Reporters
-from maia_core.loop.results import UnitLock, completed, unit_dir, write_result
+from maia_core.loop.reporter import Reporters, UnitNotSaved
+from maia_core.loop.results import (
+    UnitLock,
+    holds_answer,
+    read_result,
+    result_from_json,
+    unit_dir,
+    write_result,
+)
 from maia_core.loop.state import Investigation, Result, RunInfo
 from maia_core.units import Unit
 
 MAX_REASSIGN = 3
+
+
+class OutOfSpace(UserError):
+    """The disk filled up: the run stops at once (finished units are kept)."""
+
+
+def out_of_space(inv: Investigation, exc: OSError, results: Any) -> OutOfSpace:
+    name = getattr(exc, "filename", None)
+    writing = f"{name.rsplit('/', 1)[-1] if name else 'the files'} of unit {inv.name}"
+    return OutOfSpace(
+        disk_full_message(
+            exc,
+            writing,
+            f"(its report needs about as much again): delete old results, {results}/logs or "
+            "exemplar stores you no longer need, or give --results on another disk. Then run "
+            f"the same command again: finished units are kept, and {inv.name} is studied again.",
+        )
+    )
 
 
 class Scheduler:
@@ -64,7 +96,11 @@ class Scheduler:
         self._finished_costs: list[float] = []
         self._spent_finished = 0.0
         self._fatal: UserError | None = None
+        # Set when the disk is full: the run stops at once, without waiting for units in flight.
+        self._stop: OutOfSpace | None = None
         self._again: list[Unit] = []
+        # Units marked completed whose files were found incomplete: studied again, checked once.
+        self._redo: set[Unit] = set()
         self._attempts: dict[Unit, int] = {}
         self.stopped = False
 
@@ -97,23 +133,39 @@ class Scheduler:
         queue = list(units)
         try:
             with self._cond:
-                while queue or self._in_flight or self._again:
+                while (queue or self._in_flight or self._again) and self._stop is None:
                     if self._again:  # units whose machine went away go first
                         queue[:0] = self._again
                         self._again.clear()
                     while queue and len(self._in_flight) < self.concurrency and not self._fatal:
                         inv = self._investigation(queue[0])
-                        if not self.config.force and completed(inv.out_dir):
+                        if (
+                            not self.config.force
+                            and inv.unit not in self._redo
+                            and self._resumable(inv)
+                        ):
                             queue.pop(0)
                             investigations.append(inv)
                             inv.skip_reason = "completed"
                             self._done()
                             self.reporters.unit_skipped(inv)
                             continue
-                        if not self._within_budget():
+                        if self._stop is not None or not self._within_budget():
                             break
                         lock = UnitLock(inv.out_dir)
-                        holder = lock.acquire()
+                        try:
+                            holder = lock.acquire()
+                        except OSError as exc:
+                            if no_space(exc):
+                                self._stop = out_of_space(inv, exc, self.config.results)
+                                break
+                            # Its folder cannot be written: nothing of it could be saved.
+                            queue.pop(0)
+                            self._fail(inv, exc, "its folder cannot be written: ")
+                            sys.stderr.write(f"maia: {inv.name}: {inv.result.error}\n")
+                            investigations.append(inv)
+                            self._done()
+                            continue
                         queue.pop(0)
                         if holder is not None:
                             inv.skip_reason = f"being studied by another run: {holder}"
@@ -128,9 +180,11 @@ class Scheduler:
                             at = next(k for k, i in enumerate(investigations) if i.unit == inv.unit)
                             investigations[at] = inv
                         self._start(inv, lock)
-                    if not self._in_flight:
+                    if not self._in_flight or self._stop is not None:
                         break  # the budget (or a fatal error) keeps the rest from starting
                     self._cond.wait(timeout=0.5)
+            if self._stop is not None:
+                raise self._stop  # a full disk: stop now, the units in flight resume next time
         except BaseException:
             self.stopped = True  # Ctrl-C: the threads must not write results any more
             raise
@@ -153,6 +207,36 @@ class Scheduler:
         )
         inv.skip_reason = None
         return inv
+
+    def _resumable(self, inv: Investigation) -> bool:
+        """Whether a unit is completed and whole on disk, so it can be skipped: its
+        ``result.json`` says completed, for this unit; its history ends with that answer (when
+        there is a history to check); and each reporter finds its files there and agreeing,
+        rebuilding what it can. Otherwise the unit is studied again, and stderr says why."""
+        row = read_result(inv.out_dir)
+        if row is None or row.get("status") != "completed":
+            return False
+        inv.result = result_from_json(row)
+        reason = None
+        if (row.get("layer"), row.get("unit")) != (inv.unit.layer, inv.unit.index):
+            reason = "its result.json is another unit's"
+        elif (inv.out_dir / "history.json").exists() and not holds_answer(inv.out_dir, inv.result):
+            reason = "its history.json does not end with the answer result.json gives"
+        else:
+            inv.threshold = str(row.get("threshold") or "")
+            inv.ground_truth = row.get("ground_truth")
+            reason = self.reporters.resume_unit(inv)
+            if inv.save_error is not None and no_space(inv.save_error):
+                self._stop = out_of_space(inv, inv.save_error, self.config.results)
+        if reason is None:
+            return True
+        self._redo.add(inv.unit)
+        if self._stop is None:
+            sys.stderr.write(
+                f"maia: {inv.name} was marked completed, but {reason}; studying it again.\n"
+            )
+        inv.result, inv.save_error = None, None
+        return False
 
     def _done(self) -> None:
         self.info.done += 1
@@ -199,9 +283,15 @@ class Scheduler:
             max_rounds=self.config.max_rounds,
             describer=describer,
         )
+        # A completion marker left from an earlier study (--force, or one found incomplete)
+        # must not outlive this one's files.
+        with contextlib.suppress(OSError):
+            (inv.out_dir / "result.json").unlink(missing_ok=True)
         self.reporters.unit_started(inv)
         try:
             loop.run(inv)
+        except UnitNotSaved:
+            pass  # inv.save_error says why; handled below, after the session is closed
         except SessionLost as exc:
             if self._attempts.get(inv.unit, 0) + 1 < MAX_REASSIGN:
                 sys.stderr.write(f"maia: {inv.name}: {exc}; starting it again on another\n")
@@ -226,6 +316,10 @@ class Scheduler:
             session.close()
         if self.stopped:
             return False  # interrupted: no result.json, so the unit resumes next time
+        if inv.save_error is not None:
+            if self._full(inv, inv.save_error):
+                return False
+            self._fail(inv, inv.save_error, "its files could not be written: ")
         containment = getattr(session, "containment", "")
         if containment and not self.info.containment:
             self.info.containment = containment
@@ -238,11 +332,34 @@ class Scheduler:
         except Exception as exc:  # noqa: BLE001 - the result still counts without it
             sys.stderr.write(f"maia: could not read the ground truth of {inv.name}: {exc}\n")
         self.reporters.unit_finished(inv)
-        write_result(inv)  # the completion marker, after every reporter's files
+        if inv.save_error is not None:
+            if self._full(inv, inv.save_error):
+                return False
+            self._fail(inv, inv.save_error, "its files could not be written: ")
+        try:
+            # The completion marker, after every reporter's files; a unit not saved gets a
+            # failed result (if even that can be written), so the next run studies it again.
+            write_result(inv)
+        except OSError as exc:
+            inv.save_error = inv.save_error or exc
+            self._fail(inv, exc, "its result.json could not be written: ")
+            if not self._full(inv, exc):
+                sys.stderr.write(f"maia: {inv.name}: {inv.result.error}\n")
         return False
 
+    def _full(self, inv: Investigation, exc: BaseException) -> bool:
+        """A full disk stops the run (once), naming this unit; True if it did."""
+        if not no_space(exc):
+            return False
+        with self._cond:
+            self._stop = self._stop or out_of_space(inv, exc, self.config.results)
+            self._cond.notify_all()
+        return True
+
     @staticmethod
-    def _fail(inv: Investigation, exc: BaseException) -> None:
+    def _fail(inv: Investigation, exc: BaseException, why: str = "") -> None:
         inv.result = inv.result or Result("failed")
+        if inv.result.status == "failed" and inv.result.error and why:
+            return  # the reporters already said why
         inv.result.status = "failed"
-        inv.result.error = f"{type(exc).__name__}: {exc}"
+        inv.result.error = f"{why}{type(exc).__name__}: {exc}"

@@ -59,6 +59,9 @@ class Investigation:
     rounds_done: int = 0
     # Why the unit was not run: "completed" (already done), or who else is studying it.
     skip_reason: str | None = None
+    # The first error of a reporter writing this unit's files: the unit is then not saved,
+    # and is not marked completed.
+    save_error: BaseException | None = field(default=None, repr=False)
 
     @property
     def name(self) -> str:

@@ -11,6 +11,7 @@ import html
 import io
 import json
 import re
+import sys
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -20,11 +21,11 @@ from pygments.formatters import HtmlFormatter
 from pygments.lexers import PythonLexer
 
 from maia_core import hookimpl
-from maia_core.files import atomic_write_bytes, atomic_write_text
+from maia_core.files import atomic_write_bytes, atomic_write_text, shown_path, text_name
 from maia_core.images import data_uri, resize_longest
 from maia_core.loop.reporter import Reporter
-from maia_core.loop.results import read_result
-from maia_core.loop.state import Investigation, Result
+from maia_core.loop.results import holds_answer, read_result, result_from_json
+from maia_core.loop.state import Investigation
 from maia_core.transcript import ImagePart, Message, TextPart, transcript_from_json
 from maia_core.units import Unit
 
@@ -282,16 +283,28 @@ def _sort_key(row: dict[str, Any]) -> tuple:
 
 
 class IndexRows:
-    """The index's rows, re-read only for the result files that changed."""
+    """The index's rows, re-read only for the result files that changed.
+
+    A folder whose name is not text (undecodable bytes, a line break) cannot be named in a
+    page or linked: it is reported once on stderr and left out, never fatal."""
 
     def __init__(self, results: Path):
         self.results = results
         self._cache: dict[Path, tuple[float, dict[str, Any]]] = {}
+        self._reported: set[Path] = set()
 
     def rows(self) -> list[dict[str, Any]]:
         rows = []
         seen = set()
         for path in self.results.rglob("result.json"):
+            if not text_name(path.relative_to(self.results)):
+                if path not in self._reported:
+                    self._reported.add(path)
+                    sys.stderr.write(
+                        f"maia: index.html leaves out {shown_path(path.parent)}: its name is not "
+                        "text (rename the folder to list it).\n"
+                    )
+                continue
             seen.add(path)
             try:
                 mtime = path.stat().st_mtime
@@ -368,31 +381,29 @@ def investigation_from_disk(out_dir: Path) -> Investigation | None:
         history = json.loads((out_dir / "history.json").read_text())
         messages = transcript_from_json(history)
         unit = Unit(str(row["layer"]), int(row["unit"]))
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
     inv = Investigation(unit, str(row.get("target")), str(row.get("backbone")), out_dir, messages)
     inv.threshold = str(row.get("threshold") or "")
     inv.target_description = str(row.get("target_description") or "")
     inv.ground_truth = row.get("ground_truth")
     inv.tools = row.get("tools") if isinstance(row.get("tools"), dict) else {}
-    usage = row.get("usage") or {}
-    from maia_core.backbone import Usage
-
-    inv.result = Result(
-        str(row.get("status")),
-        row.get("description"),
-        row.get("label"),
-        int(row.get("rounds") or 0),
-        float(row.get("wall_time_s") or 0.0),
-        Usage(
-            int(usage.get("input_tokens") or 0),
-            int(usage.get("output_tokens") or 0),
-            usage.get("cost_usd"),
-        ),
-        error=row.get("error"),
-        sandbox_restarts=int(row.get("sandbox_restarts") or 0),
-    )
+    inv.result = result_from_json(row)
     return inv
+
+
+# A report's header, which holds the answer, is in its first bytes; the transcript follows.
+REPORT_HEAD = 256 * 1024
+
+
+def _has_answer(report: Path, label: str | None) -> bool:
+    """Whether ``report`` is the report of a completed unit with this label."""
+    try:
+        with report.open("rb") as f:
+            head = f.read(REPORT_HEAD).decode("utf-8", "replace")
+    except OSError:
+        return False
+    return f'<div class="answer"><b>Label:</b> {html.escape(label or "")}<div' in head
 
 
 class HtmlReporter(Reporter):
@@ -404,15 +415,24 @@ class HtmlReporter(Reporter):
         self._write_report(inv)
         self.write_index()
 
-    def unit_skipped(self, inv: Investigation) -> None:
-        # A unit finished by a run that stopped before its report was written gets one now.
-        if inv.skip_reason == "completed" and not (inv.out_dir / "report.html").is_file():
-            rebuilt = investigation_from_disk(inv.out_dir)
-            if rebuilt is not None:
-                self._write_report(rebuilt)
+    def resume_unit(self, inv: Investigation) -> str | None:
+        """A report that is missing, or is not this result's (another label), is rebuilt
+        from the history, if the history ends with the result's answer."""
+        if _has_answer(inv.out_dir / "report.html", inv.result.label):
+            return None
+        rebuilt = (
+            investigation_from_disk(inv.out_dir) if holds_answer(inv.out_dir, inv.result) else None
+        )
+        if rebuilt is None:
+            return (
+                "its report.html is missing (or not this result's) and no complete history.json "
+                "can rebuild it"
+            )
+        self._write_report(rebuilt)
+        return None
 
     def _write_report(self, inv: Investigation) -> None:
-        atomic_write_text(inv.out_dir / "report.html", render_report(inv))
+        atomic_write_text(inv.out_dir / "report.html", render_report(inv), errors="replace")
         image = first_image(inv.messages)
         if image is not None:
             atomic_write_bytes(inv.out_dir / "thumb.jpg", _thumbnail(image))
@@ -421,6 +441,10 @@ class HtmlReporter(Reporter):
         self.write_index()
 
     def write_index(self) -> None:
+        # The page shows text read from result.json files: a lone surrogate there is replaced,
+        # not a reason to leave the index unwritten.
         atomic_write_text(
-            self.results / "index.html", render_index(self.results, self.index.rows())
+            self.results / "index.html",
+            render_index(self.results, self.index.rows()),
+            errors="replace",
         )

@@ -2,16 +2,17 @@
 
 ``history.json`` is rewritten (atomically) after every message, so an interrupted
 investigation keeps everything up to its last round. ``result.json``, the completion marker,
-is written by the core after every reporter (:mod:`maia_core.loop.results`).
+is written by the core after every reporter (:mod:`maia_core.loop.results`). Before a
+completed unit is skipped, its history must be there (the core checks that it ends with the
+answer), and a label or description that is missing or differs is written again from it.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from maia_core import hookimpl
-from maia_core.files import atomic_write_text
+from maia_core.files import atomic_write_text, json_text
 from maia_core.loop.reporter import Reporter
 from maia_core.loop.state import Investigation
 from maia_core.transcript import Message, transcript_to_json
@@ -36,17 +37,12 @@ class JsonReporter(Reporter):
     def _history(self, inv: Investigation) -> None:
         encoded = self._encoded.setdefault(id(inv), [])
         for message in inv.messages[len(encoded) :]:
-            encoded.append(json.dumps(message.to_json(), ensure_ascii=False))
+            encoded.append(json_text(message.to_json()))
         head = transcript_to_json(
             [], target=inv.target, layer=inv.unit.layer, unit=inv.unit.index, backbone=inv.backbone
         )
         head.pop("messages")
-        text = (
-            json.dumps(head, ensure_ascii=False)[:-1]
-            + ', "messages": ['
-            + ", ".join(encoded)
-            + "]}"
-        )
+        text = json_text(head)[:-1] + ', "messages": [' + ", ".join(encoded) + "]}"
         atomic_write_text(inv.out_dir / "history.json", text)
 
     def unit_started(self, inv: Investigation) -> None:
@@ -60,5 +56,25 @@ class JsonReporter(Reporter):
         self._encoded.pop(id(inv), None)
         result = inv.result
         if result.status == "completed":
-            atomic_write_text(inv.out_dir / "description.txt", result.description + "\n")
-            atomic_write_text(inv.out_dir / "label.txt", result.label + "\n")
+            self._answer(inv)
+
+    @staticmethod
+    def _answer(inv: Investigation) -> None:
+        """MAIA's description.txt and label.txt, each written unless it already says so."""
+        for name, text in (
+            ("description.txt", inv.result.description),
+            ("label.txt", inv.result.label or ""),
+        ):
+            path = inv.out_dir / name
+            try:
+                same = path.read_text(encoding="utf-8") == text + "\n"
+            except (OSError, ValueError):
+                same = False
+            if not same:
+                atomic_write_text(path, text + "\n")
+
+    def resume_unit(self, inv: Investigation) -> str | None:
+        if not (inv.out_dir / "history.json").is_file():
+            return "its history.json is missing"
+        self._answer(inv)  # the core checked that the history ends with this answer
+        return None
