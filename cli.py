@@ -172,6 +172,11 @@ def run(
         min=1,
         help="Ray actors hosting models (default: one per GPU, else one per node).",
     ),
+    containment: str = typer.Option(
+        "bwrap",
+        "--containment",
+        help="How kernels are contained: bwrap (the default; see the README) or none (agent code runs as you, with your files and network: at your own risk).",
+    ),
 ) -> None:
     """Investigate units of a target with a backbone, and write reports."""
     from maia_core.loop.run import RunConfig
@@ -210,6 +215,7 @@ def run(
         executor=executor,
         ray_address=ray_address,
         ray_actors=ray_actors,
+        containment=containment,
     )
     try:
         investigations = run_units(config)

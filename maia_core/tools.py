@@ -39,6 +39,17 @@ class CallScope:
     seeds: Counter = field(default_factory=Counter)
     # The capability and implementation being called, for records.
     tool: tuple[str, str] | None = None
+    # Set while a call runs: when its caller is interrupted, the host sets ``cancel`` and
+    # long work stops at its next check (``cancelled()``); ``abandoned`` tells whether the
+    # caller already hung up.
+    cancel: threading.Event | None = None
+    abandoned: Callable[[], bool] | None = None
+
+    def cancelled(self) -> bool:
+        """Whether no one waits for the call in flight any more (check between batches)."""
+        if self.cancel is not None and self.cancel.is_set():
+            return True
+        return self.abandoned is not None and self.abandoned()
 
     def take_records(self) -> list[dict[str, Any]]:
         records, self.records = self.records, []

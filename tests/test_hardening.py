@@ -285,10 +285,12 @@ def test_a_killed_run_leaves_no_children_and_saves_what_finished(thirdparty_env,
     )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        kernels = [p for p in _descendants(proc.pid) if "execution.kernel" in " ".join(p.cmdline())]
-        if len(kernels) >= 2:
+        lines = [" ".join(p.cmdline()) for p in _descendants(proc.pid)]
+        kernels = [line for line in lines if "execution.kernel" in line]
+        if len(kernels) >= 2 and any("execution.host" in line for line in lines):
             break
         time.sleep(0.2)
+    time.sleep(1)  # the investigations are under way
     children = _descendants(proc.pid)
     assert any("execution.host" in " ".join(p.cmdline()) for p in children)
     started = time.monotonic()

@@ -126,3 +126,43 @@ def test_a_killed_actor_loses_no_unit_and_studies_none_twice(cluster, tmp_path, 
     assert len(results) == 6
     # the key stayed on the driver: no actor, host or kernel saw it
     assert all("key seen: False" in i.messages[3].text for i in invs)
+
+
+RAY_PROBE = """```python
+import os, socket
+out = []
+try:
+    import ray
+    out.append('imported ray')
+except ImportError:
+    out.append('no ray')
+host, port = GCS.rsplit(':', 1)
+try:
+    socket.create_connection((host, int(port)), timeout=3).close()
+    out.append('reached the cluster')
+except OSError as e:
+    out.append('cluster unreachable: ' + type(e).__name__)
+out.append('ray files in HOME: ' + str(os.path.exists(os.path.expanduser('~/.ray')) or os.path.exists('/tmp/ray')))
+print(out)
+```"""
+
+
+def test_a_kernel_on_a_ray_actor_cannot_reach_the_cluster(cluster, tmp_path):
+    gcs = ray.get_runtime_context().gcs_address
+    probe = RAY_PROBE.replace("```python\n", f"```python\nGCS = {gcs!r}\n", 1)
+    turns = write_replay(tmp_path / "t.json", [probe, FINAL])
+    [inv] = run(
+        RunConfig(
+            target="efficientnet_lite0",
+            units="blocks.6=0",
+            backbone=f"replay:{turns}",
+            results=tmp_path / "results",
+            reporters=["json"],
+            executor="ray",
+            ray_actors=1,
+            device="cpu",
+        )
+    )
+    text = inv.messages[3].text
+    assert "'no ray'" in text and "cluster unreachable" in text
+    assert "reached the cluster" not in text and "ray files in HOME: False" in text

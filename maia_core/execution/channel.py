@@ -2,9 +2,13 @@
 
 A frame is an 8-byte header (the payload length, big-endian) and a payload encoded by
 :mod:`maia_core.execution.codec`. File descriptors (a socket handed to a kernel, say) ride on
-the header with ``SCM_RIGHTS``. A peer that closes, sends garbage or a frame over the size
-limit raises :class:`ChannelClosed` or :class:`~maia_core.execution.codec.ProtocolError`;
-either way the peer is treated as broken.
+the header with ``SCM_RIGHTS``, and only in one direction: from the main process to a kernel
+or the host. A channel that does not accept them (every channel that reads from a kernel, and
+the main process's) closes any descriptor or other ancillary data that arrives and raises
+:class:`~maia_core.execution.codec.ProtocolError`, so a kernel cannot fill another process's
+descriptor table. A peer that closes, sends garbage or a frame over the size limit raises
+:class:`ChannelClosed` or :class:`~maia_core.execution.codec.ProtocolError`; either way the
+peer is treated as broken.
 """
 
 from __future__ import annotations
@@ -23,6 +27,9 @@ from maia_core.execution.codec import MAX_MESSAGE_BYTES, ProtocolError, decode, 
 
 _HEADER = struct.Struct(">Q")
 _MAX_FDS = 8
+_FD_SIZE = array.array("i").itemsize
+# Room for the most descriptors a channel accepts (more arrive truncated, and are refused).
+_ANCILLARY = socket.CMSG_SPACE(_MAX_FDS * _FD_SIZE)
 
 
 class ChannelClosed(Exception):
@@ -30,10 +37,15 @@ class ChannelClosed(Exception):
 
 
 class Channel:
-    """One end of a connected stream socket. ``send`` is thread-safe; one thread receives."""
+    """One end of a connected stream socket. ``send`` is thread-safe; one thread receives.
 
-    def __init__(self, sock: socket.socket):
+    ``accept_fds``: whether descriptors sent by the peer are kept (for :meth:`take_fds`) or
+    refused. Only a channel whose peer is the main process accepts them.
+    """
+
+    def __init__(self, sock: socket.socket, *, accept_fds: bool = False):
         self.sock = sock
+        self.accept_fds = accept_fds
         self._send_lock = threading.Lock()
         self._fds: list[int] = []
         self.closed = False
@@ -45,8 +57,8 @@ class Channel:
         return cls(a), b
 
     @classmethod
-    def from_fd(cls, fd: int) -> Channel:
-        return cls(socket.socket(fileno=fd))
+    def from_fd(cls, fd: int, *, accept_fds: bool = False) -> Channel:
+        return cls(socket.socket(fileno=fd), accept_fds=accept_fds)
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -78,31 +90,63 @@ class Channel:
             return True  # closed underneath us: recv will say so
         return bool(ready)
 
-    def _read_exact(self, n: int, collect_fds: bool) -> bytes:
+    def _read_exact(self, n: int) -> bytes:
         chunks = bytearray()
         while len(chunks) < n:
             try:
-                if collect_fds:
-                    data, fds, _flags, _addr = socket.recv_fds(self.sock, n - len(chunks), _MAX_FDS)
-                    self._fds.extend(fds)
-                else:
-                    data = self.sock.recv(min(n - len(chunks), 1 << 20))
+                # Always with room for ancillary data: descriptors sent without it would be
+                # dropped silently by the kernel, and we must know a peer tried.
+                data, ancillary, flags, _ = self.sock.recvmsg(
+                    min(n - len(chunks), 1 << 20), _ANCILLARY
+                )
             except (ConnectionError, OSError) as exc:
                 raise ChannelClosed(f"{type(exc).__name__}: {exc}") from None
+            if ancillary or flags & socket.MSG_CTRUNC:
+                self._ancillary(ancillary)
             if not data:
                 raise ChannelClosed("the other process closed the connection")
             chunks += data
         return bytes(chunks)
 
+    def _ancillary(self, ancillary: list[tuple[int, int, bytes]]) -> None:
+        fds: list[int] = []
+        other = False
+        for level, kind, data in ancillary:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                usable = len(data) - len(data) % _FD_SIZE
+                fds.extend(array.array("i", data[:usable]))
+            else:
+                other = True
+        if self.accept_fds and not other and len(self._fds) + len(fds) <= _MAX_FDS:
+            for fd in fds:  # not for the processes this one starts
+                os.set_inheritable(fd, False)
+            self._fds.extend(fds)
+            return
+        for fd in fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        raise ProtocolError(
+            "the peer sent file descriptors or other ancillary data, which this channel refuses"
+        )
+
     def recv(self) -> Any:
         """The next message (blocking). Passed descriptors wait in :meth:`take_fds`."""
-        header = self._read_exact(_HEADER.size, collect_fds=True)
+        header = self._read_exact(_HEADER.size)
         (length,) = _HEADER.unpack(header)
         if length > MAX_MESSAGE_BYTES:
             raise ProtocolError(
                 f"a message of {length} bytes is over the {MAX_MESSAGE_BYTES} limit"
             )
-        return decode(self._read_exact(length, collect_fds=False))
+        return decode(self._read_exact(length))
+
+    def hung_up(self) -> bool:
+        """Whether the peer has closed its end (no wait; a message waiting is not a hang-up)."""
+        try:
+            return self.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError:
+            return True
 
     def take_fds(self) -> list[int]:
         """Descriptors received so far (the caller owns them now)."""

@@ -37,12 +37,21 @@ from maia_core.execution.channel import Channel, ChannelClosed
 from maia_core.execution.codec import ProtocolError, Ref
 from maia_core.execution.specs import UnitSetup, WorldSpec
 from maia_core.loop import prompts
-from maia_core.tools import CallScope, ToolContext, Tools, call_scope
+from maia_core.task import Subject, Task
+from maia_core.tools import CallScope, ToolContext, Tools, call_scope, current_scope
 from maia_core.transcript import Message, Part
 from maia_core.units import LayerInfo, Unit
 
 # Attribute values of `system` a kernel may see (copied into its proxy).
 _PLAIN = (str, int, float, bool, type(None))
+
+
+def load_task(spec: WorldSpec) -> Task:
+    """The task a spec names, built from its options."""
+    entry, _ = plugins.registry("tasks").resolve(spec.task)
+    task = entry.factory(**spec.task_options)
+    task.name = task.name or spec.task
+    return task
 
 
 def load_target(spec: WorldSpec) -> Any:
@@ -91,6 +100,7 @@ class ForwardQueue:
         self.passes = 0
         self.batched = 0
         self.hits = 0
+        self.cancelled = 0
         self.cache_bytes = cache_bytes
         self._cache: OrderedDict[tuple, dict[str, Any]] = OrderedDict()
         self._cached = 0
@@ -100,6 +110,7 @@ class ForwardQueue:
 
     def __call__(self, x: Any, layers: Any, unit: int | None = None) -> Any:
         layers = tuple(layers)
+        _check_cancelled()
         if self.cache_bytes <= 0 or getattr(x, "is_cuda", True):
             return self._submit(x, layers, unit)
         import torch
@@ -158,7 +169,7 @@ class ForwardQueue:
 
     def _submit(self, x: Any, layers: tuple, unit: int | None) -> Any:
         done = threading.Event()
-        job = {"x": x, "layers": layers, "unit": unit, "done": done}
+        job = {"x": x, "layers": layers, "unit": unit, "done": done, "scope": current_scope()}
         self.jobs.put(job)
         done.wait()
         if "error" in job:
@@ -176,6 +187,12 @@ class ForwardQueue:
                         break
             groups: dict[tuple, list[dict]] = {}
             for job in jobs:
+                if job["scope"] is not None and job["scope"].cancelled():
+                    # Its caller was interrupted: no one waits for this work any more.
+                    self.cancelled += 1
+                    job["error"] = CallCancelled()
+                    job["done"].set()
+                    continue
                 key = (job["layers"], job["unit"], tuple(job["x"].shape[1:]), job["x"].dtype)
                 groups.setdefault(key, []).append(job)
             for (layers, unit, _shape, _dtype), group in groups.items():
@@ -205,6 +222,17 @@ class ForwardQueue:
             job["done"].set()
 
 
+class CallCancelled(Exception):
+    """The call's investigation was interrupted (its time limit, or its kernel died): its
+    remaining work is dropped."""
+
+
+def _check_cancelled() -> None:
+    scope = current_scope()
+    if scope is not None and scope.cancelled():
+        raise CallCancelled()
+
+
 # -- the host ----------------------------------------------------------------------------------
 
 
@@ -218,6 +246,7 @@ class ModelHost:
     def __init__(self, spec: WorldSpec, ask_backbone: Callable[[list[Message]], str] | None = None):
         self.spec = spec
         started = time.perf_counter()
+        self.task = load_task(spec)
         self.target = load_target(spec)
         device = str(getattr(self.target, "device", spec.device))
         self.ctx = ToolContext(
@@ -247,6 +276,8 @@ class ModelHost:
             self.target.forward_layers = self.forwards
         self.load_seconds = time.perf_counter() - started
         self.pristine: Any = None
+        # Calls dropped because their caller was interrupted (their time limit, or a crash).
+        self.cancelled_calls = 0
 
     def _bind_truth(self) -> None:
         """A target that reads generated images' ground truth (an exact detector) gets the
@@ -303,12 +334,47 @@ class ModelHost:
     def ground_truth(self, unit: Unit) -> dict[str, Any] | None:
         return self.target.ground_truth(unit)
 
+    def provenance(self) -> dict[str, Any]:
+        """The files the target was built from and their hashes (a user's set file, read once
+        when it loaded), so an evaluation can tell whether they changed."""
+        provenance = getattr(self.target, "provenance", None)
+        return dict(provenance()) if callable(provenance) else {}
+
     def describe_tools(self) -> dict[str, str]:
         return dict(self.implementations)
 
-    def open(self, unit: Unit, ask_backbone: Callable[[list[Message]], str] | None) -> HostSession:
-        system = self.target.system(unit, threshold=self.threshold(unit))
-        return HostSession(self, unit, system, CallScope(unit=unit, ask_backbone=ask_backbone))
+    def system(self, subject: Subject) -> Any:
+        """The agent's ``system`` for ``subject``, as the run's task builds it."""
+        for unit in subject.units:
+            self.target.require_layer(unit.layer)
+        return self.task.system(self.target, subject, [self.threshold(u) for u in subject.units])
+
+    def open(
+        self, subject: Subject | Unit, ask_backbone: Callable[[list[Message]], str] | None
+    ) -> HostSession:
+        subject = subject if isinstance(subject, Subject) else Subject.of(subject)
+        system = self.system(subject)
+        return HostSession(
+            self, subject, system, CallScope(unit=subject.unit, ask_backbone=ask_backbone)
+        )
+
+    def render_and_measure(
+        self, subject: Subject, prompts: list[str], seed: int
+    ) -> tuple[list[float], list[Any]]:
+        """Render ``prompts`` with the run's text2image and score them with the task, outside
+        any investigation's code (reflection's checks)."""
+        tool = self.tool_objects.get("text2image")
+        generate = getattr(tool, "generate", None)
+        if not callable(generate):
+            raise UserError(
+                "Reflection needs a text2image tool that renders prompts; this run has none "
+                "(name one with --tools text2image=NAME)."
+            )
+        scope = CallScope(unit=subject.unit)
+        with call_scope(scope, ("text2image", self.implementations["text2image"])):
+            images, _notes = generate(list(prompts), int(seed))
+            scores = self.task.measure(self.system(subject), list(images))
+        return [float(x) for x in scores], list(images)
 
     def close(self) -> None:
         for tool in self.tool_objects.values():
@@ -320,10 +386,11 @@ class ModelHost:
 
 
 class HostSession:
-    """One investigation's unit in the host: its ``system`` and its call scope."""
+    """One investigation's subject in the host: its ``system`` and its call scope."""
 
-    def __init__(self, host: ModelHost, unit: Unit, system: Any, scope: CallScope):
-        self.host, self.unit, self.system, self.scope = host, unit, system, scope
+    def __init__(self, host: ModelHost, subject: Subject, system: Any, scope: CallScope):
+        self.host, self.subject, self.system, self.scope = host, subject, system, scope
+        self.unit = subject.unit
         self.tools = Tools(
             {
                 cap: _scoped(tool, cap, host.implementations[cap], scope)
@@ -366,8 +433,21 @@ class HostSession:
             raise ProtocolError(f"unknown object {obj!r}")
         args = [self._resolve(a) for a in args]
         kwargs = {k: self._resolve(v) for k, v in kwargs.items()}
-        with call_scope(self.scope):
-            return fn(*args, **kwargs)
+        self.scope.cancel = threading.Event()
+        try:
+            with call_scope(self.scope):
+                return fn(*args, **kwargs)
+        except CallCancelled:
+            self.host.cancelled_calls += 1
+            raise
+        finally:
+            self.scope.cancel = None
+
+    def cancel(self) -> None:
+        """Drop the work of the call in flight, if any: its caller was interrupted."""
+        event = self.scope.cancel
+        if event is not None:
+            event.set()
 
     def _resolve(self, value: Any) -> Any:
         """A kernel's reference to ``system`` becomes the real one; containers are walked."""
@@ -421,8 +501,10 @@ def serve(control: Channel) -> None:
     """The host process: load the models, then answer the main process and serve sessions.
 
     Control requests (one at a time, from the main process): ``layers``, ``open`` (a session
-    for a unit, with the host end of the kernel's channel passed alongside), ``ground_truth``,
-    ``stats``, ``shutdown``. Each session is served by its own thread.
+    for a subject, with the host end of the kernel's channel passed alongside), ``cancel`` (a
+    session's call in flight: its caller was interrupted), ``ground_truth``, ``provenance``,
+    ``render_measure`` (reflection's checks), ``stats``, ``shutdown``. Each session is served
+    by its own thread; nothing a kernel sends reaches this loop.
     """
     hello = control.recv()
     try:
@@ -443,7 +525,7 @@ def serve(control: Channel) -> None:
             "pid": os.getpid(),
         }
     )
-    sessions: dict[str, threading.Thread] = {}
+    sessions: dict[str, tuple[threading.Thread, HostSession]] = {}
     while True:
         try:
             msg = control.recv()
@@ -457,11 +539,17 @@ def serve(control: Channel) -> None:
             elif op == "open":
                 fds = control.take_fds()
                 if len(fds) != 1:
+                    for fd in fds:
+                        os.close(fd)
                     raise ProtocolError("open needs exactly one descriptor")
-                channel = Channel.from_fd(fds[0])
-                unit = wire.unit_from_wire(msg["unit"])
-                session = host.open(unit, None)
+                channel = Channel.from_fd(fds[0])  # from a kernel: refuses descriptors
+                try:
+                    session = host.open(_subject(msg["units"]), None)
+                except BaseException:
+                    channel.close()
+                    raise
                 session.scope.ask_backbone = _relay_backbone(channel)
+                session.scope.abandoned = channel.hung_up
                 control.send({"op": "ok", "value": session.setup().to_wire()})
                 thread = threading.Thread(
                     target=_serve_session,
@@ -469,12 +557,27 @@ def serve(control: Channel) -> None:
                     daemon=True,
                     name=f"maia-session-{msg['session']}",
                 )
-                sessions[msg["session"]] = thread
+                sessions = {k: v for k, v in sessions.items() if v[0].is_alive()}
+                sessions[str(msg["session"])] = (thread, session)
                 thread.start()
+            elif op == "cancel":
+                entry = sessions.get(str(msg.get("session")))
+                if entry is not None:
+                    entry[1].cancel()
+                control.send({"op": "ok", "value": None})
             elif op == "ground_truth":
                 control.send(
                     {"op": "ok", "value": host.ground_truth(wire.unit_from_wire(msg["unit"]))}
                 )
+            elif op == "provenance":
+                control.send({"op": "ok", "value": host.provenance()})
+            elif op == "render_measure":
+                scores, images = host.render_and_measure(
+                    _subject(msg["units"]),
+                    wire.field(msg, "prompts", list, "render_measure"),
+                    int(wire.field(msg, "seed", int, "render_measure")),
+                )
+                control.send({"op": "ok", "value": {"scores": scores, "images": images}})
             elif op == "stats":
                 forwards = host.forwards
                 control.send(
@@ -484,7 +587,9 @@ def serve(control: Channel) -> None:
                             "passes": forwards.passes if forwards else 0,
                             "batched": forwards.batched if forwards else 0,
                             "cache_hits": forwards.hits if forwards else 0,
-                            "sessions": sum(t.is_alive() for t in sessions.values()),
+                            "cancelled_jobs": forwards.cancelled if forwards else 0,
+                            "cancelled_calls": host.cancelled_calls,
+                            "sessions": sum(t.is_alive() for t, _ in sessions.values()),
                         },
                     }
                 )
@@ -498,6 +603,10 @@ def serve(control: Channel) -> None:
             control.send({"op": "user_error", "message": exc.message})
         except Exception:
             control.send({"op": "error", "message": traceback.format_exc()})
+
+
+def _subject(units: Any) -> Subject:
+    return Subject(tuple(wire.unit_from_wire(u) for u in wire.need(units, list, "units")))
 
 
 def _relay_backbone(channel: Channel) -> Callable[[list[Message]], str]:
@@ -584,7 +693,7 @@ def main() -> None:
 
     isolation.die_with_parent(int(os.environ.get("MAIA_PARENT_PID", "0")) or None)
     isolation.make_undumpable()
-    serve(Channel.from_fd(int(sys.argv[1])))
+    serve(Channel.from_fd(int(sys.argv[1]), accept_fds=True))  # the main process's
 
 
 if __name__ == "__main__":

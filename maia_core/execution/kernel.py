@@ -4,15 +4,17 @@ It holds the agent's namespace, in which ``system`` and ``tools`` are proxies: a
 its arguments (as data: numbers, text, image pixels, arrays) to the model host over the
 session's channel and gets back the value, the displayed parts and the tools' records. The
 kernel imports no torch (unless agent code does), holds no secrets, cannot reach the models,
-and on Linux lives in its own user, mount and PID namespaces.
+and runs in the sandbox of :mod:`maia_core.execution.containment`.
 
-Started as ``python -m maia_core.execution.kernel_entry MAIN_FD HOST_FD WATCHDOG_FD`` by
-the main process (:mod:`maia_core.execution.sandbox`).
+Started (by :mod:`maia_core.execution.sandbox`, ahead of need: kernels wait warm in a pool)
+with two descriptors, ``MAIN_FD CONTROL_FD``: the channel to the main process, and a pipe the
+main process writes ``i`` to when a cell must be interrupted and closes when it dies.
 
-Protocol with the main process (data only): the kernel says ``ready``; ``begin`` gives it
-the unit's setup; ``run`` a cell, answered by ``result``. During a cell the kernel may send
-``backbone`` (a tool asks the describer; answered by ``backbone_reply``) and ``reconnect``
-(the host went away; answered by ``host_channel`` with a new channel's descriptor).
+Protocol with the main process (data only): the kernel says ``ready`` once its imports are
+done; ``begin`` gives it the unit's setup and, alongside, its channel to the model host; ``run``
+a cell, answered by ``result``. During a cell the kernel may send ``backbone`` (a tool asks the
+describer; answered by ``backbone_reply``) and ``reconnect`` (its host session is gone;
+answered by ``host_channel`` with a new channel's descriptor).
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ _in_cell = False
 
 
 class HostError(RuntimeError):
-    """The model host could not answer (it stopped, and is being restarted)."""
+    """The model host could not answer this call (its session closed, or the host stopped)."""
 
     agent_frames_only = True
 
@@ -67,9 +69,9 @@ def _on_sigint(signum: int, frame: Any) -> None:
 
 
 class Kernel:
-    def __init__(self, main: Channel, host: Channel):
+    def __init__(self, main: Channel):
         self.main = main
-        self.host: Channel | None = host
+        self.host: Channel | None = None
         self.setup: UnitSetup | None = None
         self.namespace: dict[str, Any] = {}
         self.collector: Collector | None = None
@@ -179,8 +181,9 @@ class Kernel:
                 self.host.close()
             self.host = None
             raise HostError(
-                f"the model host could not answer this call ({exc}); it is being restarted. "
-                "Your variables are kept: run the call again."
+                f"the model host could not answer this call: its connection closed ({exc}), "
+                "because the host stopped or ended this session. Your variables are kept: run "
+                "the call again (it gets a new connection, to a restarted host if need be)."
             ) from None
         except BaseException:
             # Interrupted mid-call (the cell's time limit): the answer is still coming, and
@@ -214,7 +217,7 @@ class Kernel:
             raise HostError(
                 f"the model host is not available: {answer.get('message', 'no channel')}"
             )
-        self.host = Channel.from_fd(fds[0])
+        self.host = Channel.from_fd(fds[0])  # from the host: refuses descriptors
         setup = UnitSetup.from_wire(answer.get("setup"))
         system = self.namespace.get("system")
         if isinstance(system, SystemProxy):
@@ -373,7 +376,14 @@ def serve(kernel: Kernel) -> None:
                 result = kernel.run(wire.field(msg, "code", str, "run"))
                 main.send({"op": "result", "result": wire.cell_to_wire(result)})
             elif op == "begin":
+                fds = main.take_fds()
+                if len(fds) != 1:
+                    for fd in fds:
+                        os.close(fd)
+                    raise ProtocolError("begin needs the host channel's descriptor")
+                kernel.host = Channel.from_fd(fds[0])
                 kernel.begin(UnitSetup.from_wire(msg.get("setup")), msg.get("cell_timeout"))
+                _name_process(b"maia-unit")  # in use now (``ps`` and ``top`` show it)
                 main.send({"op": "ok"})
             elif op == "close":
                 main.send({"op": "ok"})
@@ -392,24 +402,52 @@ def serve(kernel: Kernel) -> None:
             main.send({"op": "error", "message": traceback.format_exc()})
 
 
-def _watch_parent(fd: int) -> None:
-    """The main process keeps the other end of this pipe: when it dies, so does this group
-    (the namespace does that too, where there is one)."""
+def _watch_control(fd: int) -> None:
+    """The main process holds the other end of this pipe: a byte ``i`` interrupts the cell in
+    flight (as the time limit does; a real signal, so a blocking call wakes up), and the end
+    of the pipe, when the main process dies, ends this kernel and every process it started."""
+    main_thread = threading.main_thread().ident
 
     def wait() -> None:
-        with contextlib.suppress(OSError):
-            os.read(fd, 1)
-        os.killpg(0, signal.SIGKILL)
+        while True:
+            try:
+                data = os.read(fd, 1)
+            except InterruptedError:
+                continue
+            except OSError:
+                data = b""
+            if not data:
+                os.killpg(0, signal.SIGKILL)
+                os._exit(1)
+            if data == b"i" and main_thread is not None:
+                with contextlib.suppress(ProcessLookupError, OSError):
+                    signal.pthread_kill(main_thread, signal.SIGINT)
 
-    threading.Thread(target=wait, daemon=True, name="maia-watchdog").start()
+    threading.Thread(target=wait, daemon=True, name="maia-control").start()
 
 
-def main(containment: str) -> None:
-    """Run the kernel (after :mod:`maia_core.execution.kernel_entry` contained the process)."""
-    main_fd, host_fd, watchdog_fd = (int(a) for a in sys.argv[1:4])
-    _watch_parent(watchdog_fd)
+def _name_process(name: bytes) -> None:
+    """The process's name in ``ps`` and ``top``: ``maia-kernel`` while it waits in the pool,
+    ``maia-unit`` once an investigation uses it."""
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        ctypes.CDLL(None).prctl(15, name, 0, 0, 0)  # PR_SET_NAME
+
+
+def main() -> None:
+    """Run the kernel (after :mod:`maia_core.execution.kernel_entry` set its limits)."""
+    main_fd, control_fd = (int(a) for a in sys.argv[1:3])
+    _name_process(b"maia-kernel")
+    _watch_control(control_fd)
     signal.signal(signal.SIGINT, _on_sigint)
-    kernel = Kernel(Channel.from_fd(main_fd), Channel.from_fd(host_fd))
+    # Warm: everything a session needs is imported before the kernel says it is ready.
+    import numpy  # noqa: F401
+    from PIL import Image  # noqa: F401
+
+    import maia_core.tools  # noqa: F401
+
+    kernel = Kernel(Channel.from_fd(main_fd, accept_fds=True))  # the main process's
     kernel.capture_descriptors()
-    kernel.main.send({"op": "ready", "containment": containment, "pid": os.getpid()})
+    kernel.main.send({"op": "ready", "pid": os.getpid()})
     serve(kernel)

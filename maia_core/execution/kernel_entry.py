@@ -1,26 +1,34 @@
-"""Start a kernel: contain the process first, then import the rest.
+"""Start a kernel: limits first, then the kernel's imports.
 
-Entering a user namespace needs a process with one thread, and importing numpy starts
-OpenBLAS's threads; so this module imports only the standard library before the kernel is
-contained, and the kernel afterwards.
+Contained kernels are started by bubblewrap (:mod:`maia_core.execution.containment`), which
+has already put the process in its sandbox; ``MAIA_MAX_PROCESSES`` caps its processes
+(``RLIMIT_NPROC``, enforced for non-root users; the main process's watcher counts them for
+everyone). An uncontained kernel (``--containment none``) dies with the main process and
+makes itself undumpable (other processes of the user cannot read its memory), and that is
+all.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 
 def main() -> None:
     from maia_core.execution import isolation
 
-    isolation.die_with_parent(int(os.environ.get("MAIA_PARENT_PID", "0")) or None)
-    isolation.make_undumpable()
-    containment = "not contained: MAIA_KERNEL_NAMESPACES=0"
-    if os.environ.get("MAIA_KERNEL_NAMESPACES", "1") != "0":
-        containment = isolation.enter_namespaces()
+    limit = os.environ.get("MAIA_MAX_PROCESSES")
+    if limit:
+        import resource
+
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NPROC, (int(limit), int(limit)))
+    else:  # not in a sandbox: die with the main process, and keep same-user eyes out
+        isolation.die_with_parent(int(os.environ.get("MAIA_PARENT_PID", "0")) or None)
+        isolation.make_undumpable()
     from maia_core.execution import kernel
 
-    kernel.main(containment)
+    kernel.main()
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from maia_core.execution import wire
 from maia_core.execution.cells import CellResult
 from maia_core.execution.sandbox import SessionLost
 from maia_core.execution.specs import UnitSetup, WorldSpec
+from maia_core.task import Subject
 from maia_core.units import LayerInfo, Unit
 
 NAMESPACE = "maia"
@@ -39,6 +40,8 @@ class HostActor:
         cell_timeout: float | None,
         memory_limit: int | None,
         log_dir: str | None,
+        containment: str = "bwrap",
+        concurrency: int = 1,
     ):
         import tempfile
         from pathlib import Path
@@ -49,21 +52,34 @@ class HostActor:
         # A node's own log folder is removed when the actor shuts down cleanly.
         self.own_logs = None if log_dir else Path(tempfile.mkdtemp(prefix="maia-ray-logs-"))
         logs = Path(log_dir) if log_dir else self.own_logs
+        # Kernels here are contained as on the driver's machine: no network (so no way to the
+        # cluster), and a HOME of their own (so not the cluster's token).
         self.execution = ProcessExecution(
             WorldSpec.from_wire(spec),
             cell_timeout=cell_timeout,
             memory_limit=memory_limit,
             log_dir=logs,
+            containment=containment,
+            concurrency=concurrency,
         )
-        self.execution.start()
         self.sessions: dict[str, dict[str, Any]] = {}
+        # A problem the user can fix (no sandbox on this node, weights missing) goes back to
+        # the driver as its one line.
+        self.error: str | None = None
+        try:
+            self.execution.start()
+        except UserError as exc:
+            self.error = exc.message
 
     def info(self) -> dict[str, Any]:
         import socket
 
+        if self.error is not None:
+            return {"error": self.error, "node": socket.gethostname()}
         return {
             "tools": self.execution.tools,
             "target_description": self.execution.target_description,
+            "containment": self.execution.containment,
             "node": socket.gethostname(),
             "pid": os.getpid(),
         }
@@ -74,7 +90,15 @@ class HostActor:
     def ground_truth(self, unit: dict[str, Any]) -> dict[str, Any] | None:
         return self.execution.ground_truth(wire.unit_from_wire(unit))
 
-    def begin(self, sid: str, unit: dict[str, Any]) -> dict[str, Any]:
+    def provenance(self) -> dict[str, Any]:
+        return self.execution.provenance()
+
+    def render_and_measure(
+        self, units: list[dict[str, Any]], prompts: list[str], seed: int
+    ) -> tuple[list[float], list[Any]]:
+        return self.execution.render_and_measure(_subject(units), prompts, seed)
+
+    def begin(self, sid: str, units: list[dict[str, Any]]) -> dict[str, Any]:
         events: queue.Queue = queue.Queue()
         replies: queue.Queue = queue.Queue()
 
@@ -87,7 +111,7 @@ class HostActor:
 
         session = self.execution.session(ask_backbone)
         self.sessions[sid] = {"session": session, "events": events, "replies": replies}
-        return session.begin(wire.unit_from_wire(unit)).to_wire()
+        return session.begin(_subject(units)).to_wire()
 
     def run_cell(self, sid: str, code: str) -> tuple[str, Any]:
         state = self.sessions[sid]
@@ -143,10 +167,10 @@ class RaySession:
                 f"the Ray actor serving this investigation died ({type(exc).__name__})"
             ) from None
 
-    def begin(self, unit: Unit) -> UnitSetup:
-        return UnitSetup.from_wire(
-            self._get(self.actor.begin.remote(self.sid, wire.unit_to_wire(unit)))
-        )
+    def begin(self, subject: Subject | Unit) -> UnitSetup:
+        subject = subject if isinstance(subject, Subject) else Subject.of(subject)
+        units = [wire.unit_to_wire(u) for u in subject.units]
+        return UnitSetup.from_wire(self._get(self.actor.begin.remote(self.sid, units)))
 
     def run_cell(self, code: str) -> CellResult:
         event = self._get(self.actor.run_cell.remote(self.sid, code))
@@ -182,6 +206,7 @@ class RayExecution:
         memory_limit: int | None = None,
         sandbox: str = "process",
         log_dir: str | None = None,
+        containment: str = "bwrap",
     ):
         if sandbox != "process":
             raise UserError(
@@ -194,6 +219,8 @@ class RayExecution:
         self.cell_timeout = cell_timeout
         self.memory_limit = memory_limit
         self.log_dir = log_dir
+        self.containment_mode = containment
+        self.containment = ""
         self.actors: list[Any] = []
         self.load: dict[Any, int] = {}
         self.dead: set[Any] = set()
@@ -208,6 +235,7 @@ class RayExecution:
         except ImportError:
             raise UserError("--executor ray needs Ray: pip install 'maia[ray]'.") from None
         if not ray.is_initialized():
+            check_address(self.address)
             _init_without_secrets(ray, self.address)
             self._started_ray = True
         resources = ray.cluster_resources()
@@ -227,13 +255,22 @@ class RayExecution:
                 "scheduling_strategy": "SPREAD",
             }
             actor = cls.options(**options).remote(
-                self.spec.to_wire(), self.cell_timeout, self.memory_limit, self.log_dir
+                self.spec.to_wire(),
+                self.cell_timeout,
+                self.memory_limit,
+                self.log_dir,
+                self.containment_mode,
+                per_actor,
             )
             self.actors.append(actor)
             self.load[actor] = 0
         infos = ray.get([a.info.remote() for a in self.actors])
+        failed = next((i for i in infos if "error" in i), None)
+        if failed is not None:
+            raise UserError(f"On the Ray node {failed['node']}: {failed['error']}")
         self.tools = infos[0]["tools"]
         self.target_description = infos[0]["target_description"]
+        self.containment = infos[0]["containment"]
 
     def _live(self) -> list[Any]:
         live = [a for a in self.actors if a not in self.dead]
@@ -263,6 +300,19 @@ class RayExecution:
         with self._lock:
             self.dead.add(actor)
 
+    def provenance(self) -> dict[str, Any]:
+        import ray
+
+        return ray.get(self._live()[0].provenance.remote())
+
+    def render_and_measure(
+        self, subject: Subject, prompts: list[str], seed: int
+    ) -> tuple[list[float], list[Any]]:
+        import ray
+
+        units = [wire.unit_to_wire(u) for u in subject.units]
+        return ray.get(self._live()[0].render_and_measure.remote(units, list(prompts), int(seed)))
+
     def ground_truth(self, unit: Unit) -> dict[str, Any] | None:
         import ray
 
@@ -285,6 +335,33 @@ class RayExecution:
         self.actors = []
         if self._started_ray:
             ray.shutdown()
+
+
+def _subject(units: list[dict[str, Any]]) -> Subject:
+    return Subject(tuple(wire.unit_from_wire(u) for u in units))
+
+
+def check_address(address: str | None, timeout: float = 5.0) -> None:
+    """A cluster address that does not answer is a one-line error within seconds, not a
+    wait until someone kills the run (Ray's own connection retries take minutes)."""
+    import socket
+
+    if not address or address in ("auto", "local"):
+        return
+    host_port = address.split("://", 1)[-1].rstrip("/")
+    host, sep, port = host_port.rpartition(":")
+    if not sep or not port.isdigit():
+        raise UserError(
+            f"--ray-address {address!r} is not HOST:PORT or ray://HOST:PORT (e.g. ray://head:10001, or auto)."
+        )
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            pass
+    except OSError as exc:
+        raise UserError(
+            f"Cannot reach the Ray cluster at {address} ({exc.strerror or exc}). Check --ray-address, "
+            "and that the head node runs (ray start --head)."
+        ) from None
 
 
 def _init_without_secrets(ray: Any, address: str | None) -> None:

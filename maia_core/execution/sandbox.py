@@ -28,11 +28,13 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from maia_core.errors import UserError
+from maia_core.execution import containment as policy
 from maia_core.execution import isolation, wire
 from maia_core.execution.cells import CellResult, CellTimeout
 from maia_core.execution.channel import Channel, ChannelClosed
 from maia_core.execution.codec import ProtocolError
 from maia_core.execution.specs import UnitSetup, WorldSpec
+from maia_core.task import Subject
 from maia_core.transcript import Message, TextPart
 from maia_core.units import LayerInfo, Unit
 
@@ -42,6 +44,8 @@ INTERRUPT_GRACE = 3.0
 # How long a host may take to load its models, and a kernel to start.
 HOST_START_TIMEOUT = 1800.0
 KERNEL_START_TIMEOUT = 60.0
+# Kernels kept started ahead of need (at most; fewer for a run of fewer investigations).
+MAX_WARM_KERNELS = 4
 # A host that dies this many times in one run is not restarted again.
 MAX_HOST_RESTARTS = 5
 _POLL = 0.1
@@ -112,11 +116,11 @@ def rss_bytes(pid: int) -> int | None:
 
 
 class Session(Protocol):
-    """One investigation's sandbox: its unit, and the cells of its agent."""
+    """One investigation's sandbox: its subject, and the cells of its agent."""
 
     restarts: int
 
-    def begin(self, unit: Unit) -> UnitSetup: ...
+    def begin(self, subject: Subject | Unit) -> UnitSetup: ...
     def run_cell(self, code: str) -> CellResult: ...
     def close(self) -> None: ...
 
@@ -126,6 +130,8 @@ class Execution(Protocol):
 
     tools: dict[str, str]
     target_description: str
+    # How agent code is contained, once started (for the run's header and result.json).
+    containment: str
 
     def start(self) -> None: ...
     def layer_infos(
@@ -133,6 +139,10 @@ class Execution(Protocol):
     ) -> dict[str, LayerInfo]: ...
     def session(self, ask_backbone: AskBackbone) -> Session: ...
     def ground_truth(self, unit: Unit) -> dict[str, Any] | None: ...
+    def provenance(self) -> dict[str, Any]: ...
+    def render_and_measure(
+        self, subject: Subject, prompts: list[str], seed: int
+    ) -> tuple[list[float], list[Any]]: ...
     def close(self, now: bool = False) -> None: ...
 
 
@@ -145,14 +155,27 @@ class _Gone(Exception):
     """A child process ended, was killed or broke the protocol; the message says why."""
 
 
-def _exit_reason(code: int | None, what: str) -> str:
+# Signals that end a process from outside it (the system, a user, a supervisor), not a crash.
+_OUTSIDE = {"SIGKILL", "SIGTERM", "SIGHUP", "SIGINT", "SIGQUIT"}
+
+
+def exit_reason(code: int | None, what: str, containment: str = "none") -> str:
+    """Why a child ended, for the agent's note: a crash of its code, an exit it asked for, or
+    a kill from outside it."""
     if code is None:
         return f"the {what} stopped answering"
+    if containment == "bwrap" and code > 128:
+        code = 128 - code  # bwrap reports a kernel killed by signal N as exit status 128 + N
     if code < 0:
         try:
             name = signal.Signals(-code).name
         except ValueError:
             name = f"signal {-code}"
+        if name in _OUTSIDE:
+            return (
+                f"the {what} was killed with {name} (by the system, for example its "
+                "out-of-memory killer, or by another process)"
+            )
         detail = " (a segmentation fault)" if name == "SIGSEGV" else ""
         return f"the code crashed the {what} with {name}{detail}"
     return f"the code ended the {what} (exit status {code}, as os._exit does)"
@@ -228,13 +251,13 @@ class HostProcess:
         deadline = time.monotonic() + timeout
         while not self.control.poll(_POLL):
             if self.proc.poll() is not None:
-                raise _Gone(_exit_reason(self.proc.returncode, "model host"))
+                raise _Gone(exit_reason(self.proc.returncode, "model host"))
             if time.monotonic() > deadline:
                 raise _Gone(f"the model host did not answer within {timeout:g} s")
         try:
             msg = self.control.recv()
         except ChannelClosed:
-            raise _Gone(_exit_reason(self.proc.wait(), "model host")) from None
+            raise _Gone(exit_reason(self.proc.wait(), "model host")) from None
         except ProtocolError as exc:
             raise _Gone(f"the model host sent a malformed message ({exc})") from None
         op = msg.get("op") if isinstance(msg, dict) else None
@@ -251,11 +274,11 @@ class HostProcess:
     ) -> Any:
         with self._lock:
             if self.proc is None or self.proc.poll() is not None:
-                raise _Gone(_exit_reason(self.proc.returncode if self.proc else None, "model host"))
+                raise _Gone(exit_reason(self.proc.returncode if self.proc else None, "model host"))
             try:
                 self.control.send({"op": op, **fields}, fds=fds)
             except ChannelClosed:
-                raise _Gone(_exit_reason(self.proc.wait(), "model host")) from None
+                raise _Gone(exit_reason(self.proc.wait(), "model host")) from None
             return self._answer("ok", timeout)
 
     def revive(self, generation: int) -> None:
@@ -270,23 +293,25 @@ class HostProcess:
                     f"the model host died {self.restarts + 1} times in this run; not restarting it{self._hint()}"
                 )
             sys.stderr.write(
-                f"maia: {_exit_reason(self.proc.returncode if self.proc else None, 'model host')}; restarting it\n"
+                f"maia: {exit_reason(self.proc.returncode if self.proc else None, 'model host')}; restarting it\n"
             )
             self._reap()
             self.restarts += 1
             self.start()
 
-    def open_session(self, unit: Unit) -> tuple[socket.socket, UnitSetup]:
-        """A session for ``unit`` in the host: the kernel's end of its channel, and its setup."""
+    def open_session(self, subject: Subject) -> tuple[socket.socket, UnitSetup, str]:
+        """A session for ``subject`` in the host: the kernel's end of its channel, its setup,
+        and the session's id (to cancel its call in flight)."""
         with self._lock:
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
             self._sessions += 1
+            sid = str(self._sessions)
             try:
                 setup = self.request(
                     "open",
                     fds=(ours.fileno(),),
-                    session=str(self._sessions),
-                    unit=wire.unit_to_wire(unit),
+                    session=sid,
+                    units=[wire.unit_to_wire(u) for u in subject.units],
                 )
             except BaseException:
                 theirs.close()
@@ -294,7 +319,7 @@ class HostProcess:
             finally:
                 ours.close()
         try:
-            return theirs, UnitSetup.from_wire(setup)
+            return theirs, UnitSetup.from_wire(setup), sid
         except ProtocolError as exc:
             theirs.close()
             raise _Gone(f"the model host sent a malformed setup ({exc})") from None
@@ -308,6 +333,26 @@ class HostProcess:
     def ground_truth(self, unit: Unit) -> dict[str, Any] | None:
         value = self.request("ground_truth", unit=wire.unit_to_wire(unit))
         return wire.need(value, dict, "ground truth") if value is not None else None
+
+    def provenance(self) -> dict[str, Any]:
+        """The files the target was built from, with their hashes (a user's set file)."""
+        return wire.need(self.request("provenance"), dict, "provenance")
+
+    def render_and_measure(
+        self, subject: Subject, prompts: list[str], seed: int
+    ) -> tuple[list[float], list[Any]]:
+        """Render ``prompts`` with the run's text2image and score the images with the task
+        (for reflection: the agent's code is not involved)."""
+        value = self.request(
+            "render_measure",
+            units=[wire.unit_to_wire(u) for u in subject.units],
+            prompts=list(prompts),
+            seed=int(seed),
+        )
+        value = wire.need(value, dict, "render_measure")
+        scores = [float(x) for x in wire.field(value, "scores", list, "render_measure")]
+        images = wire.field(value, "images", list, "render_measure")
+        return scores, images
 
     def stats(self) -> dict[str, Any]:
         return wire.need(self.request("stats"), dict, "stats")
@@ -336,81 +381,255 @@ class HostProcess:
 # -- kernels --------------------------------------------------------------------------------------
 
 
+class KernelProcess:
+    """A started kernel: its process (``bwrap`` around it when contained), its channel, and
+    the control pipe that interrupts its cells. Kernels start ahead of need and wait warm
+    (numpy and PIL imported) in a :class:`KernelPool`; each serves one investigation and is
+    never reused."""
+
+    def __init__(self, containment: str, log_path: Path | None):
+        self.containment = containment
+        self.log_path = log_path
+        self.proc: subprocess.Popen | None = None
+        self.channel: Channel | None = None
+        self.control: int | None = None
+        self.error: str | None = None
+        channel, child = Channel.pair()
+        read, write = os.pipe()
+        fds = [child.fileno(), read]
+        env = isolation.child_environment(MAIA_PARENT_PID=str(os.getpid()))
+        filter_fd = None
+        log = _log(log_path)
+        try:
+            if containment == "bwrap":
+                filter_fd = policy.seccomp_fd()
+                argv = policy.kernel_command(fds, env, filter_fd)
+                passed = [*fds, *([filter_fd] if filter_fd is not None else [])]
+            else:
+                argv = [sys.executable, "-m", "maia_core.execution.kernel_entry", *map(str, fds)]
+                passed = fds
+            self.proc = isolation.spawn(
+                argv,
+                pass_fds=passed,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,  # its own group: Ctrl-C reaches us, a kill reaches it all
+            )
+        except BaseException:
+            channel.close()
+            os.close(write)
+            raise
+        finally:
+            child.close()
+            os.close(read)
+            if filter_fd is not None:
+                os.close(filter_fd)
+            if log is not subprocess.DEVNULL:
+                log.close()
+        self.channel, self.control = channel, write
+
+    def wait_ready(self, timeout: float = KERNEL_START_TIMEOUT) -> None:
+        """Wait for the kernel's ``ready``; on failure, note why (:attr:`error`) and reap it."""
+        deadline = time.monotonic() + timeout
+        try:
+            while not self.channel.poll(_POLL):
+                if self.proc.poll() is not None:
+                    raise _Gone(
+                        exit_reason(self.proc.returncode, "sandbox process", self.containment)
+                    )
+                if time.monotonic() > deadline:
+                    raise _Gone(f"it did not start within {timeout:g} s")
+            msg = self.channel.recv()
+            if not isinstance(msg, dict) or msg.get("op") != "ready":
+                raise _Gone("it sent something other than ready")
+        except (_Gone, ChannelClosed, ProtocolError) as exc:
+            reason = str(exc)
+            if isinstance(exc, ChannelClosed) and self.proc.poll() is not None:
+                reason = exit_reason(self.proc.returncode, "sandbox process", self.containment)
+            hint = f" (see {self.log_path})" if self.log_path else ""
+            self.error = f"the sandbox kernel failed to start: {reason}{hint}"
+            self.kill()
+            self.reap()
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None and not self.channel.hung_up()
+
+    def interrupt(self) -> None:
+        """Interrupt the cell in flight, as its time limit does."""
+        with contextlib.suppress(OSError, TypeError):
+            os.write(self.control, b"i")
+
+    def kill(self) -> None:
+        """Kill the kernel and every process it started, wherever they went (``setsid()``
+        included): the process tree, then ``bwrap``, whose sandbox dies with it."""
+        if self.proc is None:
+            return
+        isolation.kill_tree(self.proc.pid)
+
+    def reap(self) -> None:
+        if self.channel is not None:
+            self.channel.close()
+            self.channel = None
+        if self.control is not None:
+            with contextlib.suppress(OSError):
+                os.close(self.control)
+            self.control = None
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                self.kill()
+            self.proc.wait()
+
+
+class KernelPool:
+    """Kernels started ahead of need, so an investigation (or a kernel that had to be
+    replaced) never waits for one to start. Each kernel is handed out once."""
+
+    def __init__(self, containment: str, log_path: Path | None, size: int):
+        self.containment = containment
+        self.log_path = log_path
+        self.size = max(0, size)
+        self._ready: list[KernelProcess] = []
+        self._starting = 0
+        self._lock = threading.Lock()
+        self._closed = False
+        self.started = 0
+
+    def _start_one(self) -> KernelProcess:
+        kernel = KernelProcess(self.containment, self.log_path)
+        kernel.wait_ready()
+        with self._lock:
+            self.started += 1
+        return kernel
+
+    def _fill_one(self) -> None:
+        try:
+            kernel = self._start_one()
+        except Exception as exc:  # noqa: BLE001 - the next take() starts one and reports why
+            sys.stderr.write(f"maia: a kernel failed to start ahead of need: {exc}\n")
+            kernel = None
+        with self._lock:
+            self._starting -= 1
+            if kernel is None:
+                return
+            if self._closed or kernel.error:
+                stale = kernel
+            else:
+                self._ready.append(kernel)
+                return
+        stale.reap()
+
+    def fill(self) -> None:
+        """Start kernels in the background until ``size`` are ready or starting."""
+        with self._lock:
+            if self._closed:
+                return
+            missing = self.size - len(self._ready) - self._starting
+            self._starting += max(0, missing)
+        for _ in range(max(0, missing)):
+            threading.Thread(target=self._fill_one, daemon=True, name="maia-kernel-pool").start()
+
+    def take(self) -> KernelProcess:
+        """A ready kernel: a warm one if there is one (and it is still alive), else one
+        started now."""
+        while True:
+            with self._lock:
+                kernel = self._ready.pop(0) if self._ready else None
+            if kernel is None or kernel.alive():
+                break
+            kernel.reap()  # it died while it waited (a kill from outside)
+        if kernel is None:
+            kernel = self._start_one()
+        self.fill()
+        if kernel.error:
+            raise RuntimeError(kernel.error)
+        return kernel
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            idle, self._ready = self._ready, []
+        for kernel in idle:
+            kernel.reap()
+
+
 class KernelSession:
-    """One investigation's kernel process, with its session in the host."""
+    """One investigation's kernel, with its session in the host."""
 
     def __init__(
         self,
         host: HostProcess,
         ask_backbone: AskBackbone,
         *,
+        pool: KernelPool,
         cell_timeout: float | None = DEFAULT_CELL_TIMEOUT,
         memory_limit: int | None = None,
         log_path: Path | None = None,
     ):
         self.host = host
         self.ask_backbone = ask_backbone
+        self.pool = pool
         self.cell_timeout = cell_timeout
         self.memory_limit = memory_limit
         self.log_path = log_path
-        self.proc: subprocess.Popen | None = None
+        self.kernel: KernelProcess | None = None
         self.channel: Channel | None = None
-        self.unit: Unit | None = None
+        self.subject: Subject | None = None
         self.setup: UnitSetup | None = None
-        self.containment = ""
+        self.containment = pool.containment
         self.restarts = 0
-        self._watchdog: int | None = None
+        self._host_session: str | None = None
         self._kill_reasons: list[str] = []
 
+    @property
+    def proc(self) -> subprocess.Popen | None:
+        return self.kernel.proc if self.kernel is not None else None
+
     # -- lifecycle -----------------------------------------------------------------------------
-    def begin(self, unit: Unit) -> UnitSetup:
-        self.unit = unit
+    def begin(self, subject: Subject | Unit) -> UnitSetup:
+        self.subject = subject if isinstance(subject, Subject) else Subject.of(subject)
         self._start()
         return self.setup
 
-    def _open(self) -> tuple[socket.socket, UnitSetup]:
-        """A host session for the unit; a dead host is restarted once for it."""
+    def _open(self) -> tuple[socket.socket, UnitSetup, str]:
+        """A host session for the subject; a dead host is restarted once for it."""
         generation = self.host.generation
         try:
-            return self.host.open_session(self.unit)
+            return self.host.open_session(self.subject)
         except _Gone:
             self.host.revive(generation)
-            return self.host.open_session(self.unit)
+            return self.host.open_session(self.subject)
 
     def _start(self) -> None:
-        host_end, setup = self._open()
-        channel, child = Channel.pair()
-        read, write = os.pipe()
-        log = _log(self.log_path)
-        fds = [child.fileno(), host_end.fileno(), read]
+        host_end, setup, sid = self._open()
         try:
-            self.proc = isolation.spawn(
-                [sys.executable, "-m", "maia_core.execution.kernel_entry", *map(str, fds)],
-                pass_fds=fds,
-                env=isolation.child_environment(MAIA_PARENT_PID=str(os.getpid())),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-                start_new_session=True,  # its own group: Ctrl-C reaches us; a kill reaches its children
-            )
-        finally:
-            child.close()
+            kernel = self.pool.take()
+        except BaseException:
             host_end.close()
-            os.close(read)
-            if log is not subprocess.DEVNULL:
-                log.close()
-        self.channel, self._watchdog, self.setup = channel, write, setup
+            raise
+        self.kernel, self.channel, self.setup, self._host_session = (
+            kernel,
+            kernel.channel,
+            setup,
+            sid,
+        )
         self._kill_reasons = []
         try:
-            ready = self._expect("ready", time.monotonic() + KERNEL_START_TIMEOUT)
-            self.containment = str(ready.get("containment", ""))
-            self._send({"op": "begin", "setup": setup.to_wire(), "cell_timeout": self.cell_timeout})
+            try:
+                self._send(
+                    {"op": "begin", "setup": setup.to_wire(), "cell_timeout": self.cell_timeout},
+                    fds=(host_end.fileno(),),
+                )
+            finally:
+                host_end.close()
             self._expect("ok", time.monotonic() + KERNEL_START_TIMEOUT)
         except _Gone as exc:
             self._reap()
             raise RuntimeError(f"the sandbox kernel failed to start: {exc}{self._hint()}") from None
-        if self.memory_limit is not None:
-            isolation.memory_watch.watch(self.proc.pid, self.memory_limit, self._kill_reasons)
+        isolation.resource_watch.watch(
+            kernel.proc.pid, self.memory_limit, policy.POLICY.max_processes, self._kill_reasons
+        )
 
     def _hint(self) -> str:
         return f" (see {self.log_path})" if self.log_path else ""
@@ -418,24 +637,23 @@ class KernelSession:
     def _kill(self, reason: str | None = None) -> None:
         if reason:
             self._kill_reasons.append(reason)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
+        if self.kernel is not None:
+            self.kernel.kill()
 
     def _reap(self) -> None:
-        if self.proc is not None:
-            isolation.memory_watch.forget(self.proc.pid)
-        if self.channel is not None:
-            self.channel.close()
-            self.channel = None
-        if self._watchdog is not None:
-            with contextlib.suppress(OSError):
-                os.close(self._watchdog)
-            self._watchdog = None
-        if self.proc is not None:
-            if self.proc.poll() is None:
-                self._kill()
-            self.proc.wait()
-            self.proc = None
+        if self.kernel is not None:
+            isolation.resource_watch.forget(self.kernel.proc.pid)
+            self.kernel.reap()
+            self.kernel = None
+        self.channel = None
+
+    def _cancel_host_call(self) -> None:
+        """The cell was interrupted or its kernel killed: the host drops the call it may be
+        computing for it, so no later call waits behind abandoned work."""
+        if self._host_session is None:
+            return
+        with contextlib.suppress(Exception):
+            self.host.request("cancel", session=self._host_session, timeout=30)
 
     def _restart(self) -> None:
         self._reap()
@@ -443,7 +661,7 @@ class KernelSession:
         self._start()
 
     def close(self) -> None:
-        if self.proc is None:
+        if self.kernel is None:
             return
         with contextlib.suppress(Exception):
             self._send({"op": "close"})
@@ -454,7 +672,7 @@ class KernelSession:
     def _death(self) -> str:
         if self._kill_reasons:
             return self._kill_reasons[0]
-        return _exit_reason(self.proc.wait(), "sandbox process")
+        return exit_reason(self.proc.wait(), "sandbox process", self.containment)
 
     def _send(self, msg: dict[str, Any], fds: tuple[int, ...] = ()) -> None:
         try:
@@ -483,6 +701,8 @@ class KernelSession:
         while True:
             if self.channel.poll(_POLL):
                 msg = self._receive()
+                if self._kill_reasons:  # condemned (its limits): nothing it says counts
+                    raise _Gone(self._death())
                 op = msg["op"]
                 try:
                     if op in ("backbone", "reconnect"):
@@ -501,6 +721,10 @@ class KernelSession:
                     if op != kind:
                         raise ProtocolError(f"expected {kind!r}, got {op!r}")
                     if kind == "result":
+                        # What the cell left running counts before its result does.
+                        isolation.resource_watch.check(only=self.proc.pid)
+                        if self._kill_reasons:
+                            raise _Gone(self._death())
                         return wire.cell_from_wire(msg.get("result"))
                     return msg
                 except ProtocolError as exc:
@@ -513,8 +737,8 @@ class KernelSession:
                     raise _Gone(f"the sandbox process did not answer in time{self._hint()}")
                 if not interrupted:
                     interrupted = True
-                    with contextlib.suppress(ProcessLookupError):
-                        self.proc.send_signal(signal.SIGINT)
+                    self.kernel.interrupt()
+                    self._cancel_host_call()
                     deadline = time.monotonic() + INTERRUPT_GRACE
                 else:
                     self._kill(
@@ -529,12 +753,13 @@ class KernelSession:
         self._send(reply)
 
     def _reconnect(self) -> None:
-        """The kernel lost its host: give it a channel to the (restarted) host."""
+        """The kernel lost its host session: give it a channel to a new one."""
         try:
-            theirs, setup = self._open()
+            theirs, setup, sid = self._open()
         except Exception as exc:  # noqa: BLE001 - the agent's call fails with the reason
             self._send({"op": "error_channel", "message": f"{type(exc).__name__}: {exc}"})
             return
+        self._host_session = sid
         try:
             self._send({"op": "host_channel", "setup": setup.to_wire()}, fds=(theirs.fileno(),))
         finally:
@@ -544,9 +769,11 @@ class KernelSession:
     def run_cell(self, code: str) -> CellResult:
         started = time.monotonic()
         before = None
-        if self.proc is None:
+        if self.kernel is None:
             self._start()
         try:
+            if self.proc.poll() is not None or self._kill_reasons:
+                raise _Gone(self._death())
             self._send({"op": "run", "code": code})
         except _Gone as exc:
             # It died while we waited for the backbone (a timer calling os._exit, say): a fresh
@@ -563,6 +790,7 @@ class KernelSession:
             if before:
                 result.restarted, result.restarted_before = before, True
             return result
+        self._cancel_host_call()
         self._restart()
         text = f"SandboxError: {reason}. The cell was stopped."
         return CellResult(
@@ -571,7 +799,7 @@ class KernelSession:
 
 
 class ProcessExecution:
-    """The default: a model host process and a kernel process per investigation."""
+    """The default: a model host process and a contained kernel process per investigation."""
 
     def __init__(
         self,
@@ -580,12 +808,26 @@ class ProcessExecution:
         cell_timeout: float | None = DEFAULT_CELL_TIMEOUT,
         memory_limit: int | None = None,
         log_dir: Path | None = None,
+        containment: str = "bwrap",
+        concurrency: int = 1,
     ):
+        if containment not in policy.MODES:
+            raise UserError(
+                f"Unknown --containment {containment!r}. Use bwrap (the default) or none (agent code uncontained, at your own risk)."
+            )
         self.spec = spec
         self.cell_timeout = cell_timeout
         self.memory_limit = memory_limit
         self.log_dir = Path(log_dir) if log_dir else None
+        self.containment_mode = containment
+        self.containment = ""
         self.host = HostProcess(spec, self.log_dir / "host.log" if self.log_dir else None)
+        self.pool = KernelPool(
+            containment,
+            self.log_dir / "kernels.log" if self.log_dir else None,
+            size=min(max(1, concurrency), MAX_WARM_KERNELS),
+        )
+        self._initial = max(1, concurrency)
         self._sessions: list[KernelSession] = []
 
     @property
@@ -597,6 +839,17 @@ class ProcessExecution:
         return self.host.target_description
 
     def start(self) -> None:
+        try:
+            self.containment = policy.check(self.containment_mode)
+        except policy.Unavailable as exc:
+            raise UserError(
+                f"Cannot contain agent code here: {exc}. maia does not run agent code "
+                "uncontained unless told to: pass --containment none to accept the risk."
+            ) from None
+        # Kernels for the first investigations start while the host loads the models.
+        self.pool.size, size = self._initial, self.pool.size
+        self.pool.fill()
+        self.pool.size = size
         self.host.start()
 
     def layer_infos(
@@ -608,6 +861,7 @@ class ProcessExecution:
         session = KernelSession(
             self.host,
             ask_backbone,
+            pool=self.pool,
             cell_timeout=self.cell_timeout,
             memory_limit=self.memory_limit,
             log_path=self.log_dir / "kernels.log" if self.log_dir else None,
@@ -615,16 +869,28 @@ class ProcessExecution:
         self._sessions.append(session)
         return session
 
-    def ground_truth(self, unit: Unit) -> dict[str, Any] | None:
+    def _host_call(self, call: Callable[[], Any]) -> Any:
         generation = self.host.generation
         try:
-            return self.host.ground_truth(unit)
+            return call()
         except _Gone:
             self.host.revive(generation)
-            return self.host.ground_truth(unit)
+            return call()
+
+    def ground_truth(self, unit: Unit) -> dict[str, Any] | None:
+        return self._host_call(lambda: self.host.ground_truth(unit))
+
+    def provenance(self) -> dict[str, Any]:
+        return self._host_call(self.host.provenance)
+
+    def render_and_measure(
+        self, subject: Subject, prompts: list[str], seed: int
+    ) -> tuple[list[float], list[Any]]:
+        return self._host_call(lambda: self.host.render_and_measure(subject, prompts, seed))
 
     def close(self, now: bool = False) -> None:
         """Stop every kernel and the host (``now``: at once, after Ctrl-C or SIGTERM)."""
+        self.pool.close()
         for session in list(self._sessions):
             with contextlib.suppress(Exception):
                 session._reap()
@@ -636,6 +902,8 @@ class ProcessExecution:
 
 class InProcessExecution:
     """``--sandbox none``: the models and the agent's code in this process (notebooks)."""
+
+    containment = "not contained (--sandbox none): agent code runs in this process"
 
     def __init__(
         self, spec: WorldSpec, *, cell_timeout: float | None = DEFAULT_CELL_TIMEOUT, **_: Any
@@ -669,6 +937,14 @@ class InProcessExecution:
     def ground_truth(self, unit: Unit) -> dict[str, Any] | None:
         return self.host.ground_truth(unit)
 
+    def provenance(self) -> dict[str, Any]:
+        return self.host.provenance()
+
+    def render_and_measure(
+        self, subject: Subject, prompts: list[str], seed: int
+    ) -> tuple[list[float], list[Any]]:
+        return self.host.render_and_measure(subject, prompts, seed)
+
     def close(self, now: bool = False) -> None:
         if self.host is not None:
             self.host.close()
@@ -685,7 +961,7 @@ class InProcessSession:
         self.session: Any = None
         self.cells = 0
 
-    def begin(self, unit: Unit) -> UnitSetup:
+    def begin(self, subject: Subject | Unit) -> UnitSetup:
         import numpy as np
         from PIL import Image
 
@@ -695,7 +971,8 @@ class InProcessSession:
             sys.stderr.write(
                 f"maia: an earlier unit's code changed the model ({reason}); reloaded it\n"
             )
-        self.session = host.open(unit, self.ask_backbone)
+        subject = subject if isinstance(subject, Subject) else Subject.of(subject)
+        self.session = host.open(subject, self.ask_backbone)
         self.namespace = {
             "__name__": "__maia__",
             "system": self.session.system,

@@ -26,6 +26,9 @@ class WorldSpec:
     bases: list[tuple[str, str]] = field(default_factory=list)
     # "auto" (on for CUDA), "on" or "off": batch concurrent forward passes
     batching: str = "auto"
+    # The task (maia_core.task): it builds each investigation's system, and scores images.
+    task: str = "describe"
+    task_options: dict[str, str] = field(default_factory=dict)
 
     def to_wire(self) -> dict[str, Any]:
         return asdict(self)

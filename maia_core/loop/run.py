@@ -10,6 +10,7 @@ Used by ``maia run`` and usable from notebooks::
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -79,6 +80,8 @@ class RunConfig:
     ray_actors: int | None = None
     # Batch concurrent forward passes in the model host: "auto" (on a GPU), "on", "off".
     batching: str = "auto"
+    # How kernels are contained: "bwrap" (the default policy), or "none" (the user's risk).
+    containment: str = "bwrap"
 
 
 def selection(config: RunConfig) -> unitspec.Selection:
@@ -126,6 +129,10 @@ def check_config(config: RunConfig) -> None:
         raise UserError(f"--batching must be auto, on or off, not {config.batching!r}.")
     if config.ray_address and config.executor != "ray":
         raise UserError("--ray-address needs --executor ray.")
+    if config.containment not in ("bwrap", "none"):
+        raise UserError(
+            f"Unknown --containment {config.containment!r}. Use bwrap (the default) or none (agent code uncontained, at your own risk)."
+        )
 
 
 def make_backbone(
@@ -245,6 +252,7 @@ def run(config: RunConfig, reporter: Reporter | None = None) -> list[Investigati
             cell_timeout=config.cell_timeout,
             memory_limit=memory_limit,
             sandbox=config.sandbox,
+            containment=config.containment,
         )
     else:
         execution = make_execution(
@@ -253,6 +261,8 @@ def run(config: RunConfig, reporter: Reporter | None = None) -> list[Investigati
             cell_timeout=config.cell_timeout,
             memory_limit=memory_limit,
             log_dir=results / "logs",
+            containment=config.containment,
+            concurrency=concurrency,
         )
     interrupted = False
     try:
@@ -267,7 +277,10 @@ def run(config: RunConfig, reporter: Reporter | None = None) -> list[Investigati
             describer_name,
             concurrency=concurrency,
             tools=dict(execution.tools),
+            containment=execution.containment,
         )
+        if execution.containment.startswith("not contained"):
+            sys.stderr.write(f"maia: agent code is {execution.containment}.\n")
         reporters.run_started(info)
         scheduler = Scheduler(
             config,
