@@ -39,6 +39,8 @@ from maia_core import hookimpl
 from maia_core.dataset import Dataset
 from maia_core.errors import UserError
 from maia_core.options import as_float, as_int, reject_unknown
+from maia_plugins.datasets import scene_effects
+from maia_plugins.datasets.scene_effects import Effect
 
 DEFAULT_STAMPS_DIR = "/usr/share/tuxpaint/stamps"
 STAMPS_ENV = "MAIA_STAMPS_DIR"
@@ -548,18 +550,26 @@ class SceneSpec:
 
     background: Background
     objects: tuple[Placement, ...] = ()
+    # Whole-image effects (greyscale, blur, noise, rotation, a corner patch, a watermark),
+    # drawn after the objects in a fixed order; see scene_effects.
+    effects: tuple[Effect, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d: dict[str, Any] = {
             "background": self.background.to_dict(),
             "objects": [o.to_dict() for o in self.objects],
         }
+        # Only when set, so specs of scenes without effects are as they were.
+        if self.effects:
+            d["effects"] = [e.to_dict() for e in self.effects]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SceneSpec:
         return cls(
             background=Background.from_dict(d["background"]),
             objects=tuple(Placement.from_dict(o) for o in d.get("objects", ())),
+            effects=tuple(Effect.from_dict(e) for e in d.get("effects", ())),
         )
 
 
@@ -743,6 +753,8 @@ class SceneRenderer:
                     mask[iy0:iy1, ix0:ix1] = rgba[..., 3] >= _MASK_ALPHA
             full_masks.append(mask)
         image = Image.fromarray(np.clip(np.rint(canvas), 0, 255).astype(np.uint8), "RGB")
+        if spec.effects:
+            image = scene_effects.apply(image, spec.effects)
         scene = RenderedScene(image=image, spec=spec)
         if masks:
             scene.annotation = self._annotate(spec, size, full_masks, boxes)
@@ -759,9 +771,13 @@ class SceneRenderer:
         objects = []
         covered = np.zeros((size, size), dtype=bool)
         # Walk front to back so each object's visible part is its mask minus those in front.
+        effects = scene_effects.ordered(spec.effects)
         for placement, full, box in reversed(list(zip(spec.objects, full_masks, boxes))):
             visible = full & ~covered
             covered |= full
+            if effects:  # where a rotation moves the object, and what a patch covers
+                visible = scene_effects.apply_to_mask(visible, effects)
+                box = scene_effects.transform_box(box, effects, size, size)
             stamp = self.library[placement.stamp]
             area, full_area = int(visible.sum()), int(full.sum())
             ys, xs = np.nonzero(visible.any(axis=1))[0], np.nonzero(visible.any(axis=0))[0]
@@ -781,7 +797,7 @@ class SceneRenderer:
                 }
             )
         objects.reverse()
-        return {
+        annotation = {
             "size": size,
             "background": {
                 **spec.background.to_dict(),
@@ -791,6 +807,9 @@ class SceneRenderer:
             "objects": objects,
             "labels": sorted({o["label"] for o in objects}),
         }
+        if effects:
+            annotation["effects"] = [e.to_dict() for e in effects]
+        return annotation
 
 
 # ---------------------------------------------------------------------------------------

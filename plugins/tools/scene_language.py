@@ -494,6 +494,10 @@ class ObjectPhrase:
     color: str | None = None
     position: str | None = None
     after: tuple[str, int] | None = None
+    # "red, green and blue squares": one colour per instance, in turn; with ``either`` ("a
+    # red or blue ball") a single object takes one of them, chosen by the image's seed.
+    colors: tuple[str, ...] = ()
+    either: bool = False
 
 
 @dataclass
@@ -506,6 +510,10 @@ class Prompt:
     background: BackgroundChoice | None = None
     notes: list[str] = field(default_factory=list)
     concepts: list[Concept] = field(default_factory=list)
+    # Whole-image effects (greyscale, blur, noise, rotation, a corner patch, a watermark).
+    effects: list[Any] = field(default_factory=list)
+    # "red or blue", "on grass or sand": each image takes one of these, by its seed.
+    background_options: list[BackgroundChoice] = field(default_factory=list)
 
 
 @dataclass
@@ -515,12 +523,16 @@ class Composition:
     spec: SceneSpec
     extras: list[dict[str, Any]]
     notes: list[str] = field(default_factory=list)
+    # The background drawn (one of the prompt's options, when it gave several); None: the
+    # default plain one.
+    background: BackgroundChoice | None = None
 
 
 @dataclass
 class Edit:
-    """One edit: ``kind`` is replace, add, remove, recolor, background, resize, move, flip or
-    grayscale; ``target`` the words naming what to change (None for add and background)."""
+    """One edit: ``kind`` is replace, add, remove, recolor, background, resize, move, flip,
+    grayscale or effect; ``target`` the words naming what to change (None for add,
+    background and effect)."""
 
     kind: str
     target: str | None = None
@@ -531,6 +543,9 @@ class Edit:
     factor: float | None = None
     position: str | None = None
     notes: list[str] = field(default_factory=list)
+    # kind "effect": a whole-image effect to add, or the kind of one to remove
+    effect: Any = None
+    remove_effect: str | None = None
 
 
 # Scanner items: (kind, value, text)
@@ -808,6 +823,12 @@ class SceneLanguage:
                 "object", word, tuple(self._descriptions[word]), via="description", text=text
             )
         return None
+
+    def stamps_named(self, text: str) -> tuple[str, ...]:
+        """The stamps ``text`` names exactly (a group, a label, the last word of labels...),
+        as text2image draws them; no embeddings, so nothing for a word it does not know."""
+        concept = self._object_concept(tokenize(text))
+        return concept.stamps if concept is not None else ()
 
     def _embedding_index(self) -> tuple[list[Concept], np.ndarray]:
         with self._embed_lock:
@@ -1168,12 +1189,17 @@ class SceneLanguage:
             hit.background,
             list(hit.notes),
             list(hit.concepts),
+            list(hit.effects),
+            list(hit.background_options),
         )
 
     def _parse(self, text: str) -> Prompt:
+        from maia_plugins.tools.effect_words import extract_effects
+
         prompt = Prompt(text=text)
-        tokens = tokenize(text)
-        if not tokens:
+        rest, prompt.effects, _ = extract_effects(" ".join(tokenize(text)))
+        tokens = tokenize(rest)
+        if not tokens and not prompt.effects:
             prompt.notes.append("an empty prompt: drew the plain background alone")
         items = self._scan(tokens)
         notes = prompt.notes
@@ -1194,6 +1220,10 @@ class SceneLanguage:
             elif count == 2 and pending.pop("pair", False) and words in _PLURALIA:
                 count = 1
             pending.pop("pair", None)
+            colors = tuple(pending.pop("colors", ()))
+            either = pending.pop("either", False)
+            if colors and not either:  # "a red and a blue ball", "red, green and blue squares"
+                count = max(count, len(colors))
             after = None
             if relation is not None and relation != "and" and prompt.objects:
                 after = (relation, len(prompt.objects) - 1)
@@ -1206,6 +1236,8 @@ class SceneLanguage:
                 color=pending.pop("color", None),
                 position=pending.pop("position", None),
                 after=after,
+                colors=colors,
+                either=either,
             )
             relation = None
             prompt.objects.append(phrase)
@@ -1220,11 +1252,26 @@ class SceneLanguage:
             elif kind == "size":
                 pending["size"] = value
             elif kind == "color":
-                if "color" in pending and last_color_item == k - 2 and items[k - 1][1] == "and":
-                    notes.append(f"ignored '{words}': one colour per object")
+                between = items[last_color_item + 1 : k] if last_color_item >= 0 else []
+                if (
+                    "color" in pending
+                    and between
+                    and all(
+                        i[0] == "sep" and i[1] == "," or i[:2] == ("relation", "and")
+                        for i in between
+                    )
+                ):
+                    # a list or a choice of colours: "red, green and blue", "red or blue"
+                    listed = pending.setdefault("colors", [pending["color"]])
+                    if value not in listed:
+                        listed.append(value)
+                    if any(i[2] == "or" for i in between):
+                        pending["either"] = True
+                    prompt.concepts.append(_color_concept(value))
+                    last_color_item = k
                     continue
                 if "color" in pending:
-                    dangling.append(pending["color"])
+                    dangling.append(_pending_colors(pending))
                 pending["color"] = value
                 prompt.concepts.append(_color_concept(value))
                 last_color_item = k
@@ -1248,6 +1295,18 @@ class SceneLanguage:
                     bad = choice.color_name[1:]
                     notes.append(f"ignored '{bad}': the {choice.label} photo keeps its colours")
                     choice = replace(choice, color_name=None)
+                if (
+                    prompt.background is not None
+                    and prompt.background != choice
+                    and k > 0
+                    and items[k - 1][:3] == ("relation", "and", "or")
+                ):  # "on grass or sand": each image one of them
+                    if not prompt.background_options:
+                        prompt.background_options = [prompt.background]
+                    prompt.background_options.append(choice)
+                    prompt.concepts.append(_background_concept(choice))
+                    relation = None
+                    continue
                 if prompt.background is not None and prompt.background != choice:
                     notes.append(
                         f"ignored '{words}': one background per image "
@@ -1277,18 +1336,26 @@ class SceneLanguage:
             elif kind == "unknown":
                 self._unknown(words, prompt, pending, add_object)
         if "color" in pending:
-            color = pending.pop("color")
+            colors = _pending_colors(pending)
             if prompt.objects and prompt.objects[-1].color is None and not pending:
                 # "a car, red" / "a car that is red"
-                prompt.objects[-1].color = color
+                names, either = colors if isinstance(colors, tuple) else ([colors], False)
+                prompt.objects[-1].color = names[0]
+                if len(names) > 1:
+                    prompt.objects[-1].colors, prompt.objects[-1].either = tuple(names), either
             else:
-                dangling.append(color)
+                dangling.append(colors)
         for color in dangling:
+            names, either = color if isinstance(color, tuple) else ([color], False)
             if prompt.background is None:
-                rgb = color_rgb(color)
-                prompt.background = BackgroundChoice("plain", color, rgb, color_name=color)
+                choices = [BackgroundChoice("plain", c, color_rgb(c), color_name=c) for c in names]
+                prompt.background = choices[0]
+                if either:  # "red or blue": each image one of them
+                    prompt.background_options = choices
+                elif len(names) > 1:
+                    notes.append(f"ignored '{' and '.join(names[1:])}': one background colour")
             else:
-                notes.append(f"ignored '{color}': no object to colour")
+                notes.append(f"ignored '{' and '.join(names)}': no object to colour")
         for key, what in (("count", "number"), ("size", "size"), ("position", "position")):
             if key in pending:
                 value = pending[key]
@@ -1333,6 +1400,8 @@ class SceneLanguage:
             add_object(hit, _is_plural(tokens[-1]), words)
             return
         choice = self._background_from_concept(hit, pending.pop("color", None))
+        pending.pop("colors", None)
+        pending.pop("either", None)
         if prompt.background is not None:
             prompt.notes.append(f"ignored '{words}': one background per image")
             return
@@ -1353,12 +1422,17 @@ class SceneLanguage:
 
     def compose(self, prompt: Prompt, seed: int, size: int) -> Composition:
         """Lay ``prompt`` out as a spec for a ``size`` px image, from ``seed`` alone."""
-        background = make_background(prompt.background, seeded_rng(seed, "background"))
+        chosen = prompt.background
+        if prompt.background_options:
+            options = prompt.background_options
+            chosen = options[int(seeded_rng(seed, "background/choice").random() * len(options))]
+        background = make_background(chosen, seeded_rng(seed, "background"))
+        effects = tuple(replace(e, seed=seed) if e.kind == "noise" else e for e in prompt.effects)
         instances: list[tuple[int, int]] = [
             (j, m) for j, p in enumerate(prompt.objects) for m in range(p.count)
         ]
         if not instances:
-            return Composition(SceneSpec(background), [], [])
+            return Composition(SceneSpec(background, effects=effects), [], [], chosen)
         regions = _regions(prompt.objects)
         layout_rng = seeded_rng(seed, "layout")
         slots = _slots(prompt.objects, regions, len(instances))
@@ -1369,13 +1443,20 @@ class SceneLanguage:
             )
             for m, stamp in enumerate(picks):
                 x, y, cell = slots[(j, m)]
-                placement, depth = self._place(phrase, stamp, x, y, cell, size, layout_rng)
-                extras = {"concept": phrase.concept.name, "color_name": phrase.color}
+                shown = phrase
+                if len(phrase.colors) > 1:
+                    if phrase.either and phrase.count == 1:  # one of them, by the seed
+                        pick = seeded_rng(seed, f"color/{j}").random() * len(phrase.colors)
+                        shown = replace(phrase, color=phrase.colors[int(pick)])
+                    else:  # each in turn
+                        shown = replace(phrase, color=phrase.colors[m % len(phrase.colors)])
+                placement, depth = self._place(shown, stamp, x, y, cell, size, layout_rng)
+                extras = {"concept": phrase.concept.name, "color_name": shown.color}
                 placements.append((depth, placement.scale, placement, extras))
         # Large objects behind small ones, unless the prompt said who is in front.
         placements.sort(key=lambda t: (t[0], -t[1]))
-        spec = SceneSpec(background, tuple(p for _, _, p, _ in placements))
-        return Composition(spec, [e for _, _, _, e in placements], [])
+        spec = SceneSpec(background, tuple(p for _, _, p, _ in placements), effects)
+        return Composition(spec, [e for _, _, _, e in placements], [], chosen)
 
     def _place(
         self,
@@ -1427,6 +1508,11 @@ class SceneLanguage:
         clause = clause.strip(" ,;.")
         clause = re.sub(r"^(?:please|now|then|and|also|just|try to|can you)\s+", "", clause)
         clause = re.sub(r"^(?:please|now|then|and|also|just)\s+", "", clause)
+        from maia_plugins.tools.effect_words import parse_effect_edit
+
+        effect = parse_effect_edit(clause)
+        if effect is not None:  # blur, noise, rotate, a corner patch, a watermark, undone
+            return Edit("effect", effect=effect[0], remove_effect=effect[1])
 
         m = re.fullmatch(
             r"(?:remove|delete|erase|eliminate|take away|take out|get rid of|drop|hide)\s+(.+?)"
@@ -1858,6 +1944,14 @@ def _glob(stamp_id: str, term: str) -> bool:
     return stamp_id == term or stamp_id.startswith(term + "/")
 
 
+def _pending_colors(pending: dict[str, Any]) -> str | tuple[list[str], bool]:
+    """Take the pending colour: one name, or (names, either) for a list or a choice."""
+    color = pending.pop("color")
+    listed = pending.pop("colors", None)
+    either = pending.pop("either", False)
+    return (list(listed), either) if listed and len(listed) > 1 else color
+
+
 def _color_word(word: str) -> str | None:
     word = _COLOR_ALIASES.get(word, word)
     return word if word in COLORS else None
@@ -1910,7 +2004,7 @@ _EDIT_VERBS = (
     "replace|swap|substitute|exchange|switch|change|turn|transform|convert|make|add|insert|put|"
     "place|include|draw|paste|remove|delete|erase|eliminate|take|get|move|shift|push|slide|"
     "drag|enlarge|shrink|scale|resize|recolor|paint|color|dye|tint|flip|mirror|set|use|"
-    "increase|decrease|reduce|give"
+    "increase|decrease|reduce|give|blur|rotate|denoise|sharpen|apply|stamp|undo|defocus"
 )
 
 

@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from maia_plugins.datasets import scene_effects
+from maia_plugins.datasets.scene_effects import Effect
 from maia_plugins.datasets.scenes import (
     BACKGROUNDS,
     Background,
@@ -102,6 +104,7 @@ def edit_scene(
         for o in truth["objects"]
     ]
     background = spec.background
+    effects = list(spec.effects)
     bg_meta = {
         "label": truth["background"].get("label"),
         "color_name": truth["background"].get("color_name"),
@@ -131,7 +134,14 @@ def edit_scene(
             background = make_background(e.background, seeded_rng(step_seed, "background"))
             bg_meta = {"label": e.background.label, "color_name": e.background.color_name}
             continue
+        if e.kind == "effect":
+            effects = _change_effects(effects, e, step_seed)
+            continue
         whole = target in _WHOLE
+        if e.kind == "grayscale" and (whole or target in ("it", "")):
+            # the whole image, photo backgrounds included, exactly as the effect draws it
+            effects = _change_effects(effects, Edit("effect", effect=Effect.make("grayscale")), 0)
+            continue
         names_bg = language.names_background(target, bg_meta.get("label"))
         if names_bg or (whole and e.kind in ("recolor", "grayscale")):
             if e.kind in ("recolor", "grayscale"):
@@ -192,8 +202,25 @@ def edit_scene(
         elif e.kind == "flip":
             for j in indices:
                 objects[j] = replace(objects[j], flip=not objects[j].flip)
-    scene = language.renderer.render(SceneSpec(background, tuple(objects)), size)
+    scene = language.renderer.render(SceneSpec(background, tuple(objects), tuple(effects)), size)
     return scene.image, annotate(scene, extras, bg_meta), notes
+
+
+def _change_effects(effects: list[Effect], e: Edit, seed: int) -> list[Effect]:
+    """``effects`` with ``e``'s effect added (replacing one of its kind) or its kind removed."""
+    kind = e.effect.kind if e.effect is not None else e.remove_effect
+    kept = [x for x in effects if x.kind != kind]
+    if e.effect is None:
+        return kept
+    effect = e.effect
+    if effect.kind == "noise":
+        effect = replace(effect, seed=seed)
+    elif effect.kind == "rotate":  # rotations add up
+        turned = sum(x.amount for x in effects if x.kind == "rotate") + effect.amount
+        if round(turned / 90.0) % 4 == 0:
+            return kept
+        effect = replace(effect, amount=float(round(turned / 90.0) % 4 * 90))
+    return [*kept, effect]
 
 
 def _views(
@@ -260,12 +287,27 @@ def edit_outside(
     side = min(width, height)
     pasted: list[dict[str, Any]] = [dict(o) for o in (truth or {}).get("objects", [])]
     notes: list[str] = []
-    outside = "this image was not drawn by text2image, so only adding objects and recolouring "
-    outside += "the whole image work on it"
+    outside = "this image was not drawn by text2image, so only adding objects, recolouring "
+    outside += "and effects on the whole image work on it"
+    applied: list[dict[str, Any]] = list((truth or {}).get("effects") or [])
     for k, e in enumerate(edits):
         notes += e.notes
         target = _words(e.target)
         if e.kind == "unknown":
+            continue
+        if e.kind == "effect":
+            if e.effect is None:
+                notes.append(f"could not remove the {e.remove_effect}: {outside}")
+                continue
+            effect = replace(e.effect, seed=seed * 31 + k) if e.effect.kind == "noise" else e.effect
+            image_now = Image.fromarray(np.clip(np.rint(canvas), 0, 255).astype(np.uint8), "RGB")
+            canvas = np.asarray(scene_effects.apply(image_now, [effect]), dtype=np.float32).copy()
+            height, width = canvas.shape[:2]
+            side = min(width, height)
+            for o in pasted:
+                o["mask"] = scene_effects.apply_to_mask(o["mask"], [effect])
+                o["area"] = int(o["mask"].sum())
+            applied.append(effect.to_dict())
             continue
         if e.kind == "add":
             existing = [Placement.from_dict(o) for o in pasted]
@@ -291,6 +333,8 @@ def edit_outside(
             canvas = _recolor_pixels(canvas, None, color)
             for o in pasted:
                 o["color_name"] = color or "gray"
+            if color is None:
+                applied.append(Effect.make("grayscale").to_dict())
             continue
         if e.kind in ("recolor", "grayscale") and pasted:
             indices, missing = language.find(e.target or "", pasted)
@@ -321,6 +365,8 @@ def edit_outside(
         "colors": colors,
         "spec": None,
     }
+    if applied:
+        annotation["effects"] = applied
     return result, annotation, notes
 
 

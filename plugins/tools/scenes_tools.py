@@ -178,7 +178,7 @@ class ScenesText2Image(_ScenesTool, Text2Image):
             parsed = self.language.parse(prompt)
             composed = self.language.compose(parsed, seed + i, self.size)
             scene = self.language.renderer.render(composed.spec, self.size)
-            annotation = _annotate(scene, composed.extras, parsed.background)
+            annotation = _annotate(scene, composed.extras, composed.background)
             annotation.update(prompt=prompt, seed=seed + i, notes=parsed.notes + composed.notes)
             self._ctx.truth.put(scene.image, annotation)
             out.append((scene.image, annotation))
