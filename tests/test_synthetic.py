@@ -142,7 +142,9 @@ def test_maps_peak_at_the_activation_and_masks_unite_regions(table_target):
 
 @pytest.fixture(scope="module")
 def offline():
-    return load_target("synthetic:offline")
+    # The set's own detector is `scenes`, exact on generated images; these tests are about the
+    # offline detector it falls back to, on every image (tests/test_scenes_detector.py: scenes).
+    return load_target("synthetic:offline", detector="offline")
 
 
 @pytest.fixture(scope="module")

@@ -424,6 +424,7 @@ class ExemplarComputation:
                 indices = [i for p, i in enumerate(indices) if p not in set(failed)]
             self.skipped.extend(bad)
             if indices:
+                self._note_truth(x, indices)
                 outputs = self.target.forward_layers(x, list(self.layers))
                 gen = torch.Generator().manual_seed(self.config.seed * 1_000_003 + batch_start)
                 idx = torch.tensor(indices, dtype=torch.long)
@@ -442,6 +443,14 @@ class ExemplarComputation:
                 self.save_checkpoint()
                 last_save = time.monotonic()
         return self.write()
+
+    def _note_truth(self, x: torch.Tensor, indices: list[int]) -> None:
+        """A target that reads images' ground truth (synthetic neurons on the ``scenes``
+        detector) gets the dataset's annotations of the batch's rows, when it has them."""
+        note = getattr(self.target, "note_truth", None)
+        annotate = getattr(self.dataset, "annotation", None)
+        if callable(note) and callable(annotate):
+            note(x, [annotate(i) for i in indices])
 
     def write(self) -> dict[str, Any]:
         from safetensors.torch import save

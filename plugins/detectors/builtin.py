@@ -1,4 +1,5 @@
-"""The built-in detectors, registered like a third party's: ``offline`` and ``grounded-sam``.
+"""The built-in detectors, registered like a third party's: ``scenes``, ``offline`` and
+``grounded-sam``.
 
 Light on purpose: the factories import torch, timm and transformers when a detector loads.
 """
@@ -11,6 +12,14 @@ from maia_core import hookimpl
 @hookimpl
 def register_detectors(register):
     register(
+        "scenes",
+        make_scenes,
+        help="Exact on every image the scenes dataset, text2image or edit_images made (their "
+        "ground truth); the offline detector on any other image; no network",
+        vocabulary=offline_vocabulary,
+        vocabulary_text=offline_vocabulary_text,
+    )
+    register(
         "offline",
         make_offline,
         help="EfficientNet-Lite0 ImageNet classes and groups (CAM masks), colours and grass; no network",
@@ -22,6 +31,12 @@ def register_detectors(register):
         make_grounded_sam,
         help="Grounding DINO (grounding-dino-tiny) + SAM ViT-H through transformers, as MAIA; open vocabulary",
     )
+
+
+def make_scenes(**options: str):
+    from maia_plugins.detectors.scenes import make_scenes_detector
+
+    return make_scenes_detector(**options)
 
 
 def make_offline(**options: str):

@@ -34,6 +34,7 @@ from maia_core.errors import UserError
 from maia_core.torch_runtime.detector import Detector
 from maia_core.torch_runtime.target import NeuronSystem, TorchTarget
 from maia_core.units import Unit
+from maia_plugins.detectors.scenes import ReadsSceneTruth
 
 MODES = ("mono", "or", "and")
 DEFAULT_MAP_SIZE = 28
@@ -152,7 +153,7 @@ def resize_regions(masks: torch.Tensor, size: int) -> torch.Tensor:
     )
 
 
-class SyntheticTarget(TorchTarget):
+class SyntheticTarget(ReadsSceneTruth, TorchTarget):
     """A set of synthetic neurons: layers are the modes, units the neurons of each mode."""
 
     def __init__(

@@ -1,0 +1,364 @@
+"""Ground truth of scenes images as a model sees them: what is where, in the model's view.
+
+The model host keeps the annotation of every image the scenes dataset, ``text2image`` or
+``edit_images`` made (:class:`~maia_core.tools.TruthRegistry`, keyed by the image's pixels).
+A detector runs on the preprocessed batch, not on those images, so :class:`ViewTruth` keys
+annotations by the *view*: the resized and centre-cropped uint8 pixels a normalized input row
+goes back to exactly. Whoever still holds the images (a target's ``batches``, the exemplar
+pass with the dataset's annotations) notes them; the detector looks rows up. An image that was
+changed in any way (masked, resized, a photo) has no entry, and the caller falls back.
+
+:class:`SceneFacts` is one view's truth in the terms detectors and planted reliances ask
+about, on the view's 56 x 56 grid: the visible object instances (label, stamp, what the
+prompt called it, mask, box, colour), the background (label, colour, region) and the effects.
+
+Colours are named exactly where the scene names them (a recoloured object, a plain or tinted
+background) and otherwise read from the pixels with the offline detector's colour rules, so a
+red strawberry stamp is red and a green-recoloured one green; under a greyscale effect every
+colour is read from the (grey) pixels.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from maia_core.torch_runtime.detector import normalize_concept
+from maia_core.torch_runtime.target import Preprocess
+from maia_plugins.detectors.vocabulary import COLORS
+
+GRID = 56  # the facts' grid over the view, as the offline detector's masks
+COLOR_NAMES = COLORS  # the offline detector's colours, in its order
+# Scenes background names -> the label a prompt would give them.
+BACKGROUND_LABELS = {
+    "grass": "grass",
+    "brick": "brick wall",
+    "gravel": "gravel",
+    "hubble": "space",
+    "china": "landscape",
+    "plain": "plain",
+}
+
+
+# -- keys ------------------------------------------------------------------------------------
+
+
+def view_pixels(x: torch.Tensor, preprocess: Preprocess) -> torch.Tensor:
+    """Normalized rows ``[B, 3, H, W]`` back to the uint8 views they were made from (exact:
+    normalizing a uint8 view and inverting it round-trips to the same integers)."""
+    mean = torch.tensor(preprocess.mean, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(preprocess.std, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
+    return ((x.float() * std + mean) * 255.0).round().clamp(0, 255).to(torch.uint8)
+
+
+def view_keys(x: torch.Tensor, preprocess: Preprocess) -> list[bytes]:
+    """One key per row of a normalized batch: a digest of its uint8 view."""
+    pixels = view_pixels(x, preprocess).cpu().contiguous().numpy()
+    return [hashlib.blake2b(row.tobytes(), digest_size=16).digest() for row in pixels]
+
+
+def is_scene(annotation: Any) -> bool:
+    """Whether ``annotation`` is a whole scenes image's (not an outside image that had objects
+    pasted on it, whose photo is unknown)."""
+    if not isinstance(annotation, dict) or not isinstance(annotation.get("size"), int):
+        return False
+    bg = annotation.get("background")
+    objects = annotation.get("objects")
+    return (
+        isinstance(bg, dict)
+        and bg.get("kind") in ("plain", "texture", "photo")
+        and isinstance(objects, list)
+        and all(isinstance(o, dict) and "mask" in o for o in objects)
+    )
+
+
+@dataclass
+class _Entry:
+    annotation: dict[str, Any]
+    facts: SceneFacts | None = None
+
+
+class ViewTruth:
+    """Scenes annotations keyed by the views of a :class:`Preprocess`; bounded, thread-safe."""
+
+    def __init__(self, preprocess: Preprocess, capacity: int = 2048):
+        self.preprocess = preprocess
+        self.capacity = capacity
+        self._items: OrderedDict[bytes, _Entry] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def note(self, x: torch.Tensor, annotations: Sequence[Any]) -> list[bool]:
+        """Remember the annotations of rows of ``x`` (None, or anything but a whole scene's,
+        is skipped). Returns which rows have one."""
+        found = [is_scene(a) for a in annotations]
+        if not any(found):
+            return found
+        keys = view_keys(x, self.preprocess)
+        with self._lock:
+            for key, annotation, ok in zip(keys, annotations, found):
+                if not ok:
+                    continue
+                entry = self._items.get(key)
+                if entry is None or entry.annotation is not annotation:
+                    self._items[key] = _Entry(annotation)
+                self._items.move_to_end(key)
+            while len(self._items) > self.capacity:
+                self._items.popitem(last=False)
+        return found
+
+    def facts(self, x: torch.Tensor, matcher: ConceptMatcher) -> list[SceneFacts | None]:
+        """The facts of each row of ``x``, or None where it has no annotation."""
+        if not self._items:
+            return [None] * x.shape[0]
+        keys = view_keys(x, self.preprocess)
+        with self._lock:
+            entries = [self._items.get(k) for k in keys]
+        out: list[SceneFacts | None] = []
+        missing = [i for i, e in enumerate(entries) if e is not None and e.facts is None]
+        if missing:
+            cells = cell_colors(x[missing], self.preprocess)
+            for j, i in enumerate(missing):
+                entries[i].facts = SceneFacts.build(
+                    entries[i].annotation, cells[j], self.preprocess, matcher
+                )
+        for e in entries:
+            out.append(None if e is None else e.facts)
+        return out
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+# -- colours ----------------------------------------------------------------------------------
+
+
+def cell_colors(x: torch.Tensor, preprocess: Preprocess) -> np.ndarray:
+    """Each cell of the GRID x GRID grid over each row's view: the index of its colour in
+    :data:`COLOR_NAMES` by the offline detector's rules, or -1. ``[B, GRID, GRID]``."""
+    from maia_plugins.detectors.offline import color_masks
+
+    mean = torch.tensor(preprocess.mean, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(preprocess.std, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
+    rgb = (F.adaptive_avg_pool2d(x.float(), (GRID, GRID)) * std + mean).clamp(0.0, 1.0)
+    masks = color_masks(rgb, COLOR_NAMES)  # [B, 11, G, G], at most one true per cell
+    index = torch.where(masks.any(1), masks.float().argmax(1), torch.full_like(rgb[:, 0], -1))
+    return index.long().cpu().numpy()
+
+
+_BASE_COLORS: dict[str, str | None] = {}
+
+
+def base_color(name: str | None) -> str | None:
+    """A scenes colour name (``dark blue``, ``cyan``, ``gold``) as one of :data:`COLOR_NAMES`,
+    by the colour rules applied to the RGB the scenes tools paint it with."""
+    if not name:
+        return None
+    if name in COLOR_NAMES:
+        return name
+    if name not in _BASE_COLORS:
+        from maia_plugins.detectors.offline import color_masks
+        from maia_plugins.tools.scene_language import color_rgb
+
+        try:
+            rgb = torch.tensor(color_rgb(name), dtype=torch.float32).view(1, 3, 1, 1) / 255.0
+        except KeyError:
+            _BASE_COLORS[name] = None
+        else:
+            hits = color_masks(rgb, COLOR_NAMES)[0, :, 0, 0]
+            _BASE_COLORS[name] = COLOR_NAMES[int(hits.float().argmax())] if hits.any() else None
+    return _BASE_COLORS[name]
+
+
+def dominant(cells: np.ndarray, where: np.ndarray) -> str | None:
+    """The most common colour of ``cells`` (indices, -1 for none) where ``where`` is true."""
+    values = cells[where]
+    values = values[values >= 0]
+    if values.size == 0:
+        return None
+    return COLOR_NAMES[int(np.bincount(values, minlength=len(COLOR_NAMES)).argmax())]
+
+
+# -- objects by name ---------------------------------------------------------------------------
+
+
+class ConceptMatcher:
+    """Which scene objects a concept names, as the scenes ``text2image`` would draw it: the
+    stamps its exact word tiers give (a group such as ``ball``, a label, the last word of
+    labels), or the object's own label or prompt name. No embeddings: ``puppy`` names nothing
+    here, so a label is never stretched to a look-alike."""
+
+    def __init__(self) -> None:
+        self._stamps: dict[str, frozenset[str]] = {}
+        self._language: Any = None
+        self._failed = False
+        self._lock = threading.Lock()
+
+    def _lang(self) -> Any:
+        if self._language is None and not self._failed:
+            try:
+                from maia_plugins.tools.scene_language import SceneLanguage
+
+                self._language = SceneLanguage.open(categories="all")
+            except Exception:  # noqa: BLE001 - no stamps here: labels alone still match
+                self._failed = True
+        return self._language
+
+    def stamps(self, concept: str) -> frozenset[str]:
+        concept = normalize_concept(concept)
+        with self._lock:
+            if concept not in self._stamps:
+                lang = self._lang()
+                found = lang.stamps_named(concept) if lang is not None else ()
+                self._stamps[concept] = frozenset(found)
+            return self._stamps[concept]
+
+    def names(self, concept: str, obj: dict[str, Any]) -> bool:
+        """Whether ``concept`` names the annotated object ``obj``."""
+        concept = normalize_concept(concept)
+        if obj.get("stamp") in self.stamps(concept):
+            return True
+        return concept in (
+            normalize_concept(obj.get("label") or ""),
+            normalize_concept(obj.get("concept") or ""),
+        )
+
+
+# -- one view's facts -------------------------------------------------------------------------
+
+
+@dataclass
+class Instance:
+    """One visible object of a view."""
+
+    label: str
+    stamp: str
+    concept: str
+    mask: np.ndarray  # [GRID, GRID] float, the share of each cell it covers
+    box: tuple[float, float, float, float]  # its visible box, fractions of the image
+    color: str | None
+    flipped: bool
+
+
+@dataclass
+class SceneFacts:
+    """What an annotated view shows (see the module docstring). ``exact`` is True: the same
+    interface estimated from pixels has it False."""
+
+    instances: list[Instance]
+    background: str  # its label: grass, brick wall, sky, plain, ...
+    background_color: str | None
+    background_region: np.ndarray  # [GRID, GRID] float
+    contains: tuple[str, ...]  # what a photo background shows (chelsea: cat)
+    effects: dict[str, dict[str, Any]]
+    cells: np.ndarray  # [GRID, GRID] colour indices with the scene's named colours
+    matcher: ConceptMatcher = field(repr=False)
+    exact: bool = True
+
+    @classmethod
+    def build(
+        cls,
+        annotation: dict[str, Any],
+        cells: np.ndarray,
+        preprocess: Preprocess,
+        matcher: ConceptMatcher,
+    ) -> SceneFacts:
+        size = int(annotation["size"])
+        effects = {e["kind"]: e for e in annotation.get("effects") or ()}
+        grey = "grayscale" in effects
+        cells = cells.copy()
+        named = cells.copy()
+        covered = np.zeros((GRID, GRID), dtype=np.float32)
+        instances = []
+        for obj in annotation["objects"]:
+            mask = view_mask(obj["mask"], preprocess)
+            if not obj.get("area") or mask.max() <= 0:
+                continue
+            covered = np.maximum(covered, mask)
+            solid = mask >= 0.5
+            color = None if grey else base_color(obj.get("color_name"))
+            if color is not None:
+                named[solid] = COLOR_NAMES.index(color)
+            x0, y0, x1, y1 = obj["bbox"]
+            instances.append(
+                Instance(
+                    label=str(obj.get("label") or ""),
+                    stamp=str(obj.get("stamp") or ""),
+                    concept=str(obj.get("concept") or obj.get("label") or ""),
+                    mask=mask,
+                    box=(x0 / size, y0 / size, x1 / size, y1 / size),
+                    color=color or dominant(cells, solid if solid.any() else mask > 0),
+                    flipped=bool(obj.get("flip")),
+                )
+            )
+        bg = annotation["background"]
+        region = np.clip(1.0 - covered, 0.0, 1.0)
+        if "patch" in effects:
+            region = region * (1.0 - _patch_cells(effects["patch"], size, preprocess))
+        open_bg = region >= 0.5
+        bg_color = None if grey else base_color(bg.get("color_name"))
+        if bg_color is not None:
+            named[open_bg] = COLOR_NAMES.index(bg_color)
+        label = bg.get("label")
+        if not label or label == bg.get("color_name") or base_color(label) is not None:
+            label = BACKGROUND_LABELS.get(bg.get("name"), bg.get("name") or "plain")
+        if bg.get("kind") == "plain" and label not in ("sky", "water", "sand", "sunset", "snow"):
+            label = "plain"
+        return cls(
+            instances=instances,
+            background=str(label),
+            background_color=bg_color or dominant(cells, open_bg),
+            background_region=region,
+            contains=tuple(normalize_concept(c) for c in bg.get("contains") or ()),
+            effects=effects,
+            cells=named,
+            matcher=matcher,
+        )
+
+    def of(self, concept: str) -> list[Instance]:
+        """The visible instances ``concept`` names."""
+        return [
+            i
+            for i in self.instances
+            if self.matcher.names(
+                concept, {"stamp": i.stamp, "label": i.label, "concept": i.concept}
+            )
+        ]
+
+    def region(self, concept: str) -> np.ndarray | None:
+        """Where ``concept`` is as an object (its instances, or a photo background that shows
+        it), or None when it is not there."""
+        masks = [i.mask for i in self.of(concept)]
+        if normalize_concept(concept) in self.contains:
+            masks.append(self.background_region)
+        return np.maximum.reduce(masks) if masks else None
+
+    def color_share(self, color: str) -> tuple[float, np.ndarray]:
+        """The share of the view in ``color`` and its cells."""
+        cells = (self.cells == COLOR_NAMES.index(color)).astype(np.float32)
+        return float(cells.mean()), cells
+
+
+def view_mask(mask: np.ndarray, preprocess: Preprocess) -> np.ndarray:
+    """An image-sized bool mask as the share of each GRID cell of the view it covers."""
+    im = Image.fromarray(np.asarray(mask, dtype=np.uint8) * 255, "L")
+    view = np.asarray(preprocess.view(im))[..., 0].astype(np.float32) / 255.0
+    t = torch.from_numpy(np.ascontiguousarray(view))[None, None]
+    return F.adaptive_avg_pool2d(t, (GRID, GRID))[0, 0].numpy()
+
+
+def _patch_cells(effect: dict[str, Any], size: int, preprocess: Preprocess) -> np.ndarray:
+    from maia_plugins.datasets.scene_effects import Effect, patch_box
+
+    x0, y0, x1, y1 = patch_box(Effect.from_dict(effect), size, size)
+    mask = np.zeros((size, size), dtype=bool)
+    mask[y0:y1, x0:x1] = True
+    return view_mask(mask, preprocess)
