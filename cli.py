@@ -10,9 +10,13 @@ import typer
 
 from maia_core import plugins
 from maia_core.errors import UserError
-from maia_core.execution.sandbox import DEFAULT_CELL_TIMEOUT
-from maia_core.loop.investigation import DEFAULT_MAX_ROUNDS
-from maia_core.options import parse_basis_specs, parse_pairs, parse_tool_options
+from maia_core.options import (
+    DEFAULT_CELL_TIMEOUT,
+    DEFAULT_MAX_ROUNDS,
+    parse_basis_specs,
+    parse_pairs,
+    parse_tool_options,
+)
 
 app = typer.Typer(
     help="Automated interpretability of vision models: an agent investigates units by experiment.",

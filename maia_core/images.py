@@ -1,18 +1,30 @@
-"""Image helpers shared by the loop, tools, targets and reporters (PIL and numpy only)."""
+"""Image helpers shared by the loop, tools, targets and reporters (PIL and numpy only).
+
+numpy and PIL are imported by the functions that use them, so that importing this module (as
+the transcript, and through it every plugin, does) costs nothing to `maia --help`.
+"""
 
 from __future__ import annotations
 
 import base64
 import binascii
 import io
+import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-from PIL import Image
+if TYPE_CHECKING:
+    import numpy as np
+    from PIL import Image
 
 # Masked images keep the unit's region and dim the rest to this fraction (as in MAIA).
 DIM_OUTSIDE = 0.25
+
+
+def is_pil_image(obj: Any) -> bool:
+    """Whether ``obj`` is a PIL image; if PIL was never imported, nothing can be one."""
+    pil = sys.modules.get("PIL.Image")
+    return pil is not None and isinstance(obj, pil.Image)
 
 
 def sniff_media_type(data: bytes) -> str:
@@ -43,6 +55,8 @@ def encode_image(img: Image.Image, *, quality: int = 90) -> tuple[bytes, str]:
 
 
 def decode_image(data: bytes) -> Image.Image:
+    from PIL import Image
+
     img = Image.open(io.BytesIO(data))
     img.load()
     return img
@@ -55,6 +69,8 @@ def data_uri(data: bytes, media_type: str | None = None) -> str:
 
 def resize_longest(img: Image.Image, max_side: int) -> Image.Image:
     """Shrink so the longest side is at most ``max_side``; never enlarge."""
+    from PIL import Image
+
     w, h = img.size
     if max(w, h) <= max_side:
         return img
@@ -69,6 +85,9 @@ def to_pil(obj: Any) -> Image.Image:
     torch tensors (CxHxW or HxWxC), encoded bytes, base64 strings (MAIA's image form) and
     paths to image files.
     """
+    import numpy as np
+    from PIL import Image
+
     if isinstance(obj, Image.Image):
         return obj if obj.mode == "RGB" else obj.convert("RGB")
     if hasattr(obj, "detach") and hasattr(obj, "cpu"):  # a torch tensor, without importing torch
@@ -108,6 +127,8 @@ def to_pil(obj: Any) -> Image.Image:
 
 def to_pil_list(images: Any) -> list[Image.Image]:
     """Accept one image or a list of them; always return a list of RGB PIL images."""
+    import numpy as np
+
     if isinstance(images, (list, tuple)):
         return [to_pil(i) for i in images]
     if isinstance(images, np.ndarray) and images.ndim == 4:
@@ -119,6 +140,9 @@ def to_pil_list(images: Any) -> list[Image.Image]:
 
 def dim_outside(img: Image.Image, mask: np.ndarray, factor: float = DIM_OUTSIDE) -> Image.Image:
     """Keep pixels where ``mask`` is true; scale the others by ``factor``."""
+    import numpy as np
+    from PIL import Image
+
     arr = np.asarray(img.convert("RGB"), dtype=np.float32)
     if mask.shape != arr.shape[:2]:
         raise ValueError(f"mask {mask.shape} does not match image {arr.shape[:2]}")

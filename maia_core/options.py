@@ -6,6 +6,11 @@ from collections.abc import Iterable
 
 from maia_core.errors import UserError
 
+# Defaults `maia run` shows in its help: here, so that `maia --help` imports neither the
+# sandbox (numpy, msgpack, PIL) nor the loop.
+DEFAULT_MAX_ROUNDS = 25
+DEFAULT_CELL_TIMEOUT = 120.0
+
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 

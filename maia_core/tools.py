@@ -16,13 +16,14 @@ from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from PIL import Image
-
-from maia_core.images import to_pil
+from maia_core.images import is_pil_image, to_pil
 from maia_core.transcript import ImagePart, Message, Part, TextPart
 from maia_core.units import Unit
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 
 @dataclass
@@ -177,7 +178,7 @@ class ToolContext:
                 self.display(*item)
             elif isinstance(item, (TextPart, ImagePart)):
                 self.emit(item)
-            elif isinstance(item, Image.Image) or _is_image_array(item):
+            elif is_pil_image(item) or _is_image_array(item):
                 self.emit(ImagePart.from_pil(to_pil(item), source="display"))
             else:
                 self.emit(TextPart(str(item), source="display"))

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import base64
 from dataclasses import dataclass, field
-from typing import Any, Literal, Union
+from typing import TYPE_CHECKING, Any, Literal, Union
 
-from PIL import Image
+from maia_core.images import decode_image, encode_image, is_pil_image, sniff_media_type
 
-from maia_core.images import decode_image, encode_image, sniff_media_type
+if TYPE_CHECKING:
+    from PIL import Image
 
 FORMAT = "maia-transcript/1"
 Role = Literal["system", "user", "assistant"]
@@ -82,7 +83,7 @@ class Message:
         for item in items:
             if isinstance(item, (TextPart, ImagePart)):
                 parts.append(item)
-            elif isinstance(item, Image.Image):
+            elif is_pil_image(item):
                 parts.append(ImagePart.from_pil(item))
             else:
                 parts.append(TextPart(str(item)))

@@ -34,11 +34,11 @@ from maia_core.execution.cells import CellResult, CellTimeout
 from maia_core.execution.channel import Channel, ChannelClosed
 from maia_core.execution.codec import ProtocolError
 from maia_core.execution.specs import UnitSetup, WorldSpec
+from maia_core.options import DEFAULT_CELL_TIMEOUT
 from maia_core.task import Subject
 from maia_core.transcript import Message, TextPart
 from maia_core.units import LayerInfo, Unit
 
-DEFAULT_CELL_TIMEOUT = 120.0
 # How long an interrupted cell gets to stop by itself before its kernel is killed.
 INTERRUPT_GRACE = 3.0
 # How long a host may take to load its models, and a kernel to start.

@@ -18,9 +18,9 @@ from maia_core.loop import prompts
 from maia_core.loop.describer import Describer, DescriberCall
 from maia_core.loop.reporter import Reporter, UnitNotSaved
 from maia_core.loop.state import Investigation, Result
+from maia_core.options import DEFAULT_MAX_ROUNDS
 from maia_core.transcript import Message, Part, TextPart
 
-DEFAULT_MAX_ROUNDS = 25
 # After max_rounds, how many times to ask for the final answer before giving up.
 FINAL_REQUESTS = 2
 

@@ -17,8 +17,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from PIL import Image
-
 from maia_core.transcript import ImagePart, Message, Part, TextPart
 
 # Conservative for English and code: modern tokenizers average 3 to 4 characters a token.
@@ -93,6 +91,8 @@ def openai_image_rule(model: str | None, detail: str = "high") -> ImageTokens:
 
 def image_size(part: ImagePart) -> tuple[int, int]:
     """Width and height from the encoded header, without decoding the pixels."""
+    from PIL import Image
+
     with Image.open(io.BytesIO(part.data)) as img:
         return img.size
 

@@ -8,13 +8,15 @@ parquet). Without a split, ``validation``, then ``test``, then ``train`` is used
 from __future__ import annotations
 
 from pathlib import Path
-
-from PIL import Image
+from typing import TYPE_CHECKING
 
 from maia_core import hookimpl
 from maia_core.dataset import Dataset
 from maia_core.errors import UserError
 from maia_core.options import reject_unknown
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 PREFERRED_SPLITS = ("validation", "val", "test", "train")
 
@@ -106,6 +108,8 @@ class HFDataset(Dataset):
         return len(self.data)
 
     def image(self, index: int) -> Image.Image:
+        from PIL import Image
+
         img = self.data[index][self.column]
         if not isinstance(img, Image.Image):
             raise ValueError(f"row {index} holds no image")

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-
-from PIL import Image
+from typing import TYPE_CHECKING
 
 from maia_core import hookimpl
 from maia_core.dataset import Dataset
 from maia_core.errors import UserError
 from maia_core.options import reject_unknown
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 JPEG = {".jpg", ".jpeg"}
@@ -55,6 +57,8 @@ class ImageFolder(Dataset):
         return len(self.files)
 
     def image(self, index: int) -> Image.Image:
+        from PIL import Image
+
         with Image.open(self.root / self.files[index]) as img:
             return img.convert("RGB")
 

@@ -35,7 +35,6 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from maia_core import hookimpl
 from maia_core.dataset import Dataset
 from maia_core.errors import UserError
 from maia_core.options import as_float, as_int, reject_unknown
@@ -81,16 +80,6 @@ _MAX_OUTSIDE = 0.15  # at most this much of an object's width or height lies out
 _MAX_UPSCALE = 4.0  # small stamps are never blown up more than this (they turn to mush)
 _PLACEMENT_TRIES = 20
 _MASK_ALPHA = 128  # a pixel belongs to an object where its alpha is at least this
-
-
-@hookimpl
-def register_datasets(register):
-    register(
-        "scenes",
-        make_scenes,
-        help="Offline world: Tux Paint photo cut-outs on texture/photo/plain backgrounds, "
-        "with objects, labels and masks as ground truth (scenes:n=500,size=224,...)",
-    )
 
 
 def make_scenes(arg: str | None, **options: Any) -> ScenesDataset:

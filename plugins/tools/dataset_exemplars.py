@@ -13,15 +13,16 @@ from __future__ import annotations
 import io
 import time
 from pathlib import Path
-from typing import Any
-
-from PIL import Image
+from typing import TYPE_CHECKING, Any
 
 from maia_core import hookimpl
 from maia_core.errors import ToolError, UserError
 from maia_core.files import atomic_write_bytes
 from maia_core.options import reject_unknown
 from maia_core.tools import ToolContext
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 DEFAULT_ROOT = Path("exemplars")
 

@@ -14,13 +14,14 @@ tests) call ``generate`` and ``edit`` directly with explicit seeds.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any
-
-from PIL import Image
+from typing import TYPE_CHECKING, Any
 
 from maia_core.errors import ToolError
 from maia_core.images import to_pil
 from maia_core.tools import ToolContext
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 # Most images one call may make: enough for any experiment, not enough to starve other
 # investigations of the GPU.
@@ -166,6 +167,8 @@ class EditImages(ABC):
         seed = self._ctx.seed()
         edited, notes = self.edit(images, instructions, seed)
         self._ctx.record(prompts=instructions, seed=seed, **self.parameters())
+        from PIL import Image
+
         out_images: list[Image.Image] = []
         out_prompts: list[str] = []
         for original, result, instruction, note in zip(images, edited, instructions, notes):

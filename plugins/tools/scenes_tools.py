@@ -58,15 +58,16 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
-
-from PIL import Image
+from typing import TYPE_CHECKING, Any
 
 from maia_core import hookimpl
 from maia_core.errors import ToolError, UserError
 from maia_core.options import as_int, reject_unknown
 from maia_core.tools import ToolContext
 from maia_plugins.tools.imagegen import EditImages, Text2Image
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 OPTIONS = ("size", "stamps", "categories", "exclude")
 DEFAULT_SIZE = 256
