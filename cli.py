@@ -326,6 +326,11 @@ def _interrupt(signum: int, frame: object) -> None:
 def main() -> None:
     import signal
 
+    from maia_core.allocator import tune_malloc
+
+    # Exemplars, eval, bench and --sandbox none run models in this process (see allocator).
+    tune_malloc()
+
     # SLURM, timeout, docker and systemd stop a job with SIGTERM (a closed terminal sends
     # SIGHUP): handled like Ctrl-C, so finished units are saved and children are stopped.
     for sig in (signal.SIGTERM, signal.SIGHUP):

@@ -689,8 +689,10 @@ def _where(exc: BaseException) -> str:
 
 
 def main() -> None:
+    from maia_core.allocator import tune_malloc
     from maia_core.execution import isolation
 
+    tune_malloc()  # first: before the first large allocation and the first thread
     isolation.die_with_parent(int(os.environ.get("MAIA_PARENT_PID", "0")) or None)
     isolation.make_undumpable()
     serve(Channel.from_fd(int(sys.argv[1]), accept_fds=True))  # the main process's

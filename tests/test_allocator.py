@@ -1,0 +1,131 @@
+"""maia_core.allocator: glibc keeps freed activations for the next forward pass.
+
+Page faults are counted, not time: a block that is reused is not faulted in again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from maia_core import allocator
+
+glibc = pytest.mark.skipif(allocator.glibc_version() is None, reason="needs glibc")
+
+# Allocate a block, touch every page and free it, twice, on a thread (the model host runs
+# its models on one); print the minor page faults of the second time.
+REUSE = """
+import ctypes, json, resource, sys, threading
+if sys.argv[1] == "tuned":
+    from maia_core.allocator import tune_malloc
+    tune_malloc()
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype = ctypes.c_void_p
+libc.malloc.argtypes = (ctypes.c_size_t,)
+libc.free.argtypes = (ctypes.c_void_p,)
+size = 256 * 2**20
+faults = []
+def run():
+    for _ in range(2):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        p = libc.malloc(size)
+        ctypes.memset(p, 1, size)
+        libc.free(p)
+        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+t = threading.Thread(target=run)
+t.start()
+t.join()
+print(json.dumps({"faults": faults, "pages": size // resource.getpagesize()}))
+"""
+
+
+def reuse_faults(setting: str, env: dict[str, str] | None = None) -> tuple[int, int]:
+    out = subprocess.run(
+        [sys.executable, "-c", REUSE, setting],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, **(env or {})},
+    )
+    result = json.loads(out.stdout)
+    return result["faults"][1], result["pages"]
+
+
+@glibc
+def test_tuned_malloc_reuses_a_freed_block_instead_of_faulting_it_in_again():
+    default, pages = reuse_faults("default")
+    tuned, _ = reuse_faults("tuned")
+    # glibc's default: the block is a fresh mmap each time, every page faulted in again.
+    assert default > pages * 0.9
+    # Tuned: the second block is the first one, still mapped.
+    assert tuned < pages * 0.05
+
+
+@glibc
+def test_tune_malloc_sets_the_three_settings_once_and_leaves_the_users_own():
+    script = (
+        "import json; from maia_core.allocator import tune_malloc, applied; "
+        "first = tune_malloc(); print(json.dumps([first, tune_malloc(), applied()]))"
+    )
+
+    def run(**env: str) -> list[dict]:
+        clean = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"
+        }
+        out = subprocess.run(
+            [sys.executable, "-c", script],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**clean, **env},
+        )
+        return json.loads(out.stdout)
+
+    first, again, seen = run()
+    assert first == {
+        "M_MMAP_THRESHOLD": allocator.LARGE,
+        "M_TRIM_THRESHOLD": allocator.LARGE,
+        "M_ARENA_MAX": 1,
+    }
+    assert again == first and seen == first
+    # A setting the user made through glibc's variables is theirs.
+    first, _, _ = run(MALLOC_ARENA_MAX="4")
+    assert set(first) == {"M_MMAP_THRESHOLD", "M_TRIM_THRESHOLD"}
+    first, _, _ = run(GLIBC_TUNABLES="glibc.malloc.mmap_threshold=65536")
+    assert set(first) == {"M_TRIM_THRESHOLD", "M_ARENA_MAX"}
+
+
+def test_tune_malloc_is_a_no_op_without_glibc(monkeypatch):
+    import ctypes
+
+    def no_libc(*args, **kwargs):
+        raise AssertionError("mallopt must not be looked up without glibc")
+
+    monkeypatch.setattr(allocator, "_applied", None)
+    monkeypatch.setattr(allocator.os, "confstr", lambda name: (_ for _ in ()).throw(ValueError))
+    monkeypatch.setattr(ctypes, "CDLL", no_libc)
+    assert allocator.glibc_version() is None
+    assert allocator.tune_malloc() == {}
+    assert allocator.applied() == {}
+
+
+@glibc
+def test_the_maia_command_tunes_malloc_first():
+    # `maia exemplars compute`, eval, bench and --sandbox none run models in this process.
+    script = (
+        "import sys, cli\n"
+        "sys.argv = ['maia', '--help']\n"
+        "try:\n    cli.main()\nexcept SystemExit:\n    pass\n"
+        "from maia_core import allocator\n"
+        "print(sorted(allocator.applied()))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == str(
+        ["M_ARENA_MAX", "M_MMAP_THRESHOLD", "M_TRIM_THRESHOLD"]
+    )
