@@ -443,3 +443,28 @@ def test_a_ray_address_that_does_not_answer_is_one_line(thirdparty, tmp_path):
     assert out.returncode == 2, out.stderr
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and "Cannot reach the Ray cluster" in lines[0]
+
+
+def test_a_users_set_file_is_read_by_the_host_once_and_its_hash_recorded(tmp_path):
+    import hashlib
+
+    from maia_core.loop.run import RunConfig, run
+
+    user_set = tmp_path / "mine.json"
+    user_set.write_text(json.dumps({"detector": "offline", "mono": ["zebra", "red"]}))
+    digest = hashlib.sha256(user_set.read_bytes()).hexdigest()
+    replay = write_replay(tmp_path / "t.json", [FINAL])
+    [inv] = run(
+        RunConfig(
+            target=f"synthetic:{user_set}",
+            units="mono=1",
+            backbone=f"replay:{replay}",
+            results=tmp_path / "results",
+            reporters=["json"],
+            device="cpu",
+        )
+    )
+    saved = json.loads((inv.out_dir / "result.json").read_text())
+    assert saved["provenance"] == {"set": str(user_set), "sha256": digest}
+    assert saved["ground_truth"]["concepts"] == ["red"]
+    assert saved["containment"].startswith("contained by bubblewrap")

@@ -278,6 +278,7 @@ def run(config: RunConfig, reporter: Reporter | None = None) -> list[Investigati
             concurrency=concurrency,
             tools=dict(execution.tools),
             containment=execution.containment,
+            provenance=execution.provenance(),
         )
         if execution.containment.startswith("not contained"):
             sys.stderr.write(f"maia: agent code is {execution.containment}.\n")

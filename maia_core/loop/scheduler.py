@@ -204,6 +204,8 @@ class Scheduler:
             tools=dict(self.info.tools),
             target_options=dict(self.config.target_options),
             bases=[list(b) for b in self.config.bases],
+            provenance=dict(self.info.provenance),
+            containment=self.info.containment,
         )
         inv.skip_reason = None
         return inv
@@ -320,13 +322,6 @@ class Scheduler:
             if self._full(inv, inv.save_error):
                 return False
             self._fail(inv, inv.save_error, "its files could not be written: ")
-        containment = getattr(session, "containment", "")
-        if containment and not self.info.containment:
-            self.info.containment = containment
-            if containment.startswith("not contained"):
-                sys.stderr.write(
-                    f"maia: agent code is {containment}; it can see this machine's other processes.\n"
-                )
         try:
             inv.ground_truth = self.execution.ground_truth(inv.unit)
         except Exception as exc:  # noqa: BLE001 - the result still counts without it

@@ -54,6 +54,10 @@ class Investigation:
     # How the target was built (--target-option, --basis), so an evaluation can build it again.
     target_options: dict[str, str] = field(default_factory=dict)
     bases: list[list[str]] = field(default_factory=list)
+    # The files the target was built from, as the host read them (a user's set: its hash).
+    provenance: dict[str, Any] = field(default_factory=dict)
+    # How the investigation's code was contained.
+    containment: str = ""
     # Estimated USD spent and rounds asked so far, updated every round (budgets read them).
     spent_usd: float = 0.0
     rounds_done: int = 0
@@ -88,6 +92,8 @@ class Investigation:
             "target_description": self.target_description,
             "tools": self.tools,
             "sandbox_restarts": r.sandbox_restarts,
+            **({"provenance": self.provenance} if self.provenance else {}),
+            **({"containment": self.containment} if self.containment else {}),
             "started_at": r.started_at,
             "finished_at": r.finished_at,
             **({"ground_truth": self.ground_truth} if self.ground_truth is not None else {}),
@@ -107,6 +113,8 @@ class RunInfo:
     tools: dict[str, str] = field(default_factory=dict)
     # How agent code is contained, as the sandbox reported it.
     containment: str = ""
+    # The files the target was built from and their hashes (the host read them once).
+    provenance: dict[str, Any] = field(default_factory=dict)
     # Estimated USD this run has spent so far, and the units --budget-usd kept from starting.
     spent_usd: float = 0.0
     not_started: list[Unit] = field(default_factory=list)

@@ -37,6 +37,7 @@ is read by maia after the agent answers; the agent's ``system`` names the object
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -99,6 +100,8 @@ class RelianceSet:
     models: list[PlantedModel] = field(default_factory=list)
     notes: str = ""
     path: Path | None = None
+    # SHA-256 of the file as read when the run started (recorded in result.json).
+    sha256: str = ""
 
     @property
     def builtin(self) -> bool:
@@ -121,7 +124,8 @@ def load_set(spec: str, detector: str | None = None) -> RelianceSet:
     """Read and check a set; objects are checked against the detector's vocabulary."""
     path = set_path(spec)
     try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
+        data = path.read_bytes()  # read once: the run's truth is what this says
+        obj = json.loads(data.decode("utf-8"))
     except FileNotFoundError:
         raise UserError(
             f"The reliance set {str(path)!r} does not exist; write one like {SET_FORMAT}."
@@ -132,7 +136,9 @@ def load_set(spec: str, detector: str | None = None) -> RelianceSet:
         raise UserError(
             f"The reliance set {str(path)!r} is not valid JSON ({exc}); expected {SET_FORMAT}."
         ) from None
-    return parse_set(obj, spec, path, detector)
+    loaded = parse_set(obj, spec, path, detector)
+    loaded.sha256 = hashlib.sha256(data).hexdigest()
+    return loaded
 
 
 def parse_set(

@@ -181,12 +181,10 @@ class RelianceTarget(ReadsSceneTruth, TorchTarget):
         return out
 
     def provenance(self) -> dict[str, Any]:
-        path = self._set.path
-        if path is None or self._set.builtin:
+        """The user's set file and its hash as read when the run started."""
+        if self._set.path is None or self._set.builtin:
             return {}
-        import hashlib
-
-        return {"set": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+        return {"set": str(self._set.path), "sha256": self._set.sha256}
 
     def close(self) -> None:
         super().close()

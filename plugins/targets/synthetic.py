@@ -35,6 +35,7 @@ The ground truth stays in the target (``ground_truth(unit)``, ``unit_listing``):
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -90,6 +91,8 @@ class NeuronSet:
     labels: dict[str, list[str]] = field(default_factory=dict)
     notes: str = ""
     path: Path | None = None
+    # SHA-256 of the file as read when the run started (recorded in result.json).
+    sha256: str = ""
 
     @property
     def builtin(self) -> bool:
@@ -127,7 +130,8 @@ def load_set(spec: str) -> NeuronSet:
     """Read and check a set (its structure; concepts are checked against the detector)."""
     path = set_path(spec)
     try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
+        data = path.read_bytes()  # read once: the run's truth is what this says
+        obj = json.loads(data.decode("utf-8"))
     except FileNotFoundError:
         raise UserError(
             f"The synthetic neuron set {str(path)!r} does not exist. Create it with: "
@@ -139,7 +143,9 @@ def load_set(spec: str) -> NeuronSet:
         raise UserError(
             f"The synthetic neuron set {str(path)!r} is not valid JSON ({exc}); expected {SET_FORMAT}."
         ) from None
-    return parse_set(obj, spec, path)
+    loaded = parse_set(obj, spec, path)
+    loaded.sha256 = hashlib.sha256(data).hexdigest()
+    return loaded
 
 
 def parse_set(obj: Any, name: str, path: Path | None = None) -> NeuronSet:

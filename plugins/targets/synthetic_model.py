@@ -239,6 +239,12 @@ class SyntheticTarget(ReadsSceneTruth, TorchTarget):
                 out.append(entry)
         return out
 
+    def provenance(self) -> dict[str, Any]:
+        """The user's set file and its hash as read when the run started."""
+        if self._set.path is None or self._set.builtin:
+            return {}
+        return {"set": str(self._set.path), "sha256": self._set.sha256}
+
     def close(self) -> None:
         super().close()
         self.detector.close()
