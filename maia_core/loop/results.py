@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from maia_core import __version__
+from maia_core import __version__, signing
 from maia_core.backbone import Usage
 from maia_core.files import atomic_write_json, slug
 from maia_core.loop.state import Investigation, Result
@@ -106,8 +106,10 @@ def holds_answer(out_dir: Path, result: Result) -> bool:
 
 
 def write_result(inv: Investigation) -> None:
-    """The completion marker, last of the unit's files."""
-    atomic_write_json(inv.out_dir / "result.json", {**inv.to_json(), "maia_version": __version__})
+    """The completion marker, last of the unit's files, signed (:mod:`maia_core.signing`):
+    evaluation acts only on what maia itself wrote."""
+    data = {**inv.to_json(), "maia_version": __version__}
+    atomic_write_json(inv.out_dir / "result.json", signing.sign(data))
 
 
 class UnitLock:
