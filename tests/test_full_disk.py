@@ -199,3 +199,25 @@ def test_a_unit_with_no_history_to_rebuild_from_is_studied_again(with_thirdparty
     os.remove(inv.out_dir / "history.json")
     [html_only] = run(toynet(results, turns, units="conv2=0", reporters=["html"]))
     assert html_only.skip_reason is None and (inv.out_dir / "report.html").is_file()
+
+
+def test_a_failing_reporter_whose_files_are_not_the_units_costs_no_unit(
+    with_thirdparty, tmp_path, capfd
+):
+    from maia_core.loop.reporter import Reporter
+    from maia_core.loop.run import make_reporters
+
+    class Dashboard(Reporter):  # a logger that sends each message somewhere, and cannot
+        def message_added(self, inv, message):
+            raise ConnectionRefusedError("the dashboard is down")
+
+    results = tmp_path / "results"
+    reporters = make_reporters(["json", "html"], results)
+    reporters.reporters.append(Dashboard())
+    turns = write_replay(tmp_path / "t.json", [SMALL, FINAL])
+    invs = run(toynet(results, turns), reporters)
+    assert [i.result.status for i in invs] == ["completed", "completed"]
+    for inv in invs:
+        assert_whole(inv.out_dir)
+    err = capfd.readouterr().err
+    assert "the Dashboard reporter failed in message_added" in err and "not saved" not in err

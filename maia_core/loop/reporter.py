@@ -26,7 +26,14 @@ class Reporter:
     Reporters run in the main process. Write files with :mod:`maia_core.files` so they are
     atomic; the unit's folder is ``investigation.out_dir``. Events of concurrent
     investigations arrive one at a time (:class:`Reporters` serialises them).
+
+    Set ``unit_files = True`` when what the reporter writes is part of a unit's results (as
+    ``history.json`` and ``report.html`` are): a unit whose files it could not write is then
+    not marked completed. A failure of any other reporter (a logger, a dashboard) is reported
+    and costs no unit, unless the disk is full.
     """
+
+    unit_files = False
 
     def run_started(self, run: RunInfo) -> None:
         pass
@@ -64,10 +71,11 @@ class Reporters(Reporter):
     """Several reporters behind one: each event goes to each, in order, one event at a time.
 
     A reporter that raises is reported on stderr (once per reporter and event) and the others
-    go on: a broken report must never stop a study. But a unit whose files a reporter could not
-    write is not complete: the error is kept on the investigation (``save_error``), its status
-    becomes ``failed`` at once (so the reporters after it say so), and the core does not mark
-    it completed. A full disk is not reported here: the run stops with one line instead.
+    go on: a broken report must never stop a study. But a unit whose files a ``unit_files``
+    reporter could not write is not complete: the error is kept on the investigation
+    (``save_error``), its status becomes ``failed`` at once (so the reporters after it say so),
+    and the core does not mark it completed. A full disk, whichever reporter found it, is not
+    reported here: the run stops with one line instead.
     """
 
     def __init__(self, reporters: list[Reporter]):
@@ -84,8 +92,14 @@ class Reporters(Reporter):
                 except Exception as exc:  # noqa: BLE001 - reporters must not abort a run
                     self.errors += 1
                     inv = args[0] if args and isinstance(args[0], Investigation) else None
-                    if inv is not None and event != "unit_skipped":
+                    if (
+                        inv is not None
+                        and event != "unit_skipped"
+                        and (getattr(reporter, "unit_files", False) or no_space(exc))
+                    ):
                         self._not_saved(inv, reporter, exc)
+                    else:
+                        inv = None  # for the message: no unit is lost to this failure
                     if no_space(exc):
                         continue  # the run stops, with one line that says what to free
                     key = (id(reporter), event)

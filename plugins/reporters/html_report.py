@@ -407,6 +407,8 @@ def _has_answer(report: Path, label: str | None) -> bool:
 
 
 class HtmlReporter(Reporter):
+    unit_files = True  # report.html is part of each unit's results
+
     def __init__(self, results: Path, **options: str):
         self.results = Path(results)
         self.index = IndexRows(self.results)

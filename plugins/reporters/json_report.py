@@ -28,6 +28,8 @@ def register_reporters(register):
 
 
 class JsonReporter(Reporter):
+    unit_files = True  # history.json, label.txt and description.txt are the unit's
+
     def __init__(self, results: Path, **options: str):
         self.results = Path(results)
         # Messages never change once added: each is encoded once, so rewriting history.json
