@@ -65,8 +65,8 @@ def size_text(n: int | None) -> str:
 
 
 def disk_full_message(exc: OSError, writing: str, fix: str) -> str:
-    """One line for a full disk: what was being written, the space it needed and had, and
-    ``fix`` (what to free, and how to go on)."""
+    """One line for a full disk: what was being written, the space it needed and had, what to
+    free, then ``fix`` (how to go on; it starts with its own punctuation: ", then run ...")."""
     where = Path(exc.filename) if exc.filename else None
     needed = exc.needed if isinstance(exc, DiskFull) else None
     free = exc.free if isinstance(exc, DiskFull) else (free_bytes(where.parent) if where else None)
@@ -78,7 +78,7 @@ def disk_full_message(exc: OSError, writing: str, fix: str) -> str:
     else:
         room = f"{size_text(free)} is free on the disk of {folder}"
         free_hint = "Free space there"
-    return f"The disk is full: writing {writing} failed ({room}). {free_hint} {fix}"
+    return f"The disk is full: writing {writing} failed ({room}). {free_hint}{fix}"
 
 
 @contextlib.contextmanager
@@ -202,6 +202,11 @@ def ensure_output_folder(path: str | os.PathLike, flag: str) -> Path:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
+        if no_space(exc):
+            raise UserError(
+                f"{flag} {shown_path(path)!r} cannot be created: its disk is full. Free space "
+                "there, or give a folder on another disk."
+            ) from None
         raise UserError(
             f"{flag} {str(path)!r} cannot be created ({exc.strerror or exc}). Give another folder."
         ) from None

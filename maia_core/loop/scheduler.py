@@ -62,7 +62,7 @@ def out_of_space(inv: Investigation, exc: OSError, results: Any) -> OutOfSpace:
         disk_full_message(
             exc,
             writing,
-            f"(its report needs about as much again): delete old results, {results}/logs or "
+            f" (its report needs about as much again): delete old results, {results}/logs or "
             "exemplar stores you no longer need, or give --results on another disk. Then run "
             f"the same command again: finished units are kept, and {inv.name} is studied again.",
         )

@@ -1,14 +1,29 @@
-"""``maia eval`` and ``maia bench``: evaluation as commands (a plugin, like any other)."""
+"""``maia eval`` and ``maia bench``: evaluation as commands (a plugin, like any other).
+
+Both name each unit they cannot score (its folder and why), count it as not scored, and exit 1
+when there is any. Ctrl-C or SIGTERM stops them with a message that says what is saved and
+how to go on (exit 130).
+"""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
 from maia_core import hookimpl
 from maia_core.errors import UserError
+from maia_core.files import full_disk_stops
 
 DEFAULT_SET = "synthetic:offline"
+EVAL_INTERRUPTED = (
+    "Interrupted. The units scored so far keep their eval.json; run the same command again "
+    "to score the others (scored units are not scored again).\n"
+)
+BENCH_INTERRUPTED = (
+    "Interrupted. Finished investigations and the units scored so far are saved; run the same "
+    "command again to resume (neither is done again).\n"
+)
 
 
 @hookimpl
@@ -33,7 +48,7 @@ def register_commands(cli):
             "--prompts",
             help="llm (with --evaluator) or template (no LLM; the default without --evaluator).",
         ),
-        n: int = typer.Option(7, "--n", min=1, help="Positive and negative prompts per unit."),
+        n: int = typer.Option(7, "--n", help="Positive and negative prompts per unit (1 to 100)."),
         tools: str | None = typer.Option(
             None,
             "--tools",
@@ -58,21 +73,29 @@ def register_commands(cli):
         ),
     ) -> None:
         """Score every finished unit's label: predictively, and against ground truth where known."""
-        run_eval(
-            results,
-            evaluator=evaluator,
-            evaluator_options=evaluator_option,
-            prompts=prompts,
-            n=n,
-            tools=tools,
-            tool_options=tool_option,
-            device=device,
-            precision=precision,
-            chunk=chunk,
-            force=force,
-            seed=seed,
-            out=out,
-        )
+        skipped: list[Any] = []
+        try:
+            run_eval(
+                results,
+                evaluator=evaluator,
+                evaluator_options=evaluator_option,
+                prompts=prompts,
+                n=n,
+                tools=tools,
+                tool_options=tool_option,
+                device=device,
+                precision=precision,
+                chunk=chunk,
+                force=force,
+                seed=seed,
+                out=out,
+                skipped=skipped,
+            )
+        except KeyboardInterrupt:
+            sys.stderr.write(EVAL_INTERRUPTED)
+            raise typer.Exit(130) from None
+        if skipped:
+            raise typer.Exit(1)
 
     @cli.command("bench")
     def bench_command(
@@ -95,7 +118,7 @@ def register_commands(cli):
             Path("bench"), "--results", help="Results folder of the benchmark."
         ),
         concurrency: int | None = typer.Option(None, "--concurrency", "-j"),
-        max_rounds: int = typer.Option(25, "--max-rounds", min=1),
+        max_rounds: int = typer.Option(25, "--max-rounds"),
         backbone_option: list[str] = typer.Option(
             [], "--backbone-option", help="KEY=VALUE passed to every backbone."
         ),
@@ -104,36 +127,78 @@ def register_commands(cli):
             "--evaluator",
             help="Evaluator backbone for the prompts (default: templates, no LLM).",
         ),
-        n: int = typer.Option(7, "--n", min=1),
+        n: int = typer.Option(7, "--n", help="Prompts per side, as for maia eval (1 to 100)."),
         device: str = typer.Option("auto", "--device"),
         budget_usd: float | None = typer.Option(
-            None, "--budget-usd", min=0, help="Per backbone, as for maia run."
+            None, "--budget-usd", help="Per backbone, as for maia run."
         ),
         force: bool = typer.Option(False, "--force"),
     ) -> None:
         """Benchmark backbones on synthetic neurons: run each, evaluate, and write the table, plots and eval.html."""
-        from maia_core.loop.run import RunConfig, run
         from maia_core.options import parse_pairs
 
         options = parse_pairs(backbone_option, "--backbone-option")
-        for name in backbone:
-            run(
-                RunConfig(
-                    target=target,
-                    backbone=name,
-                    units=units,
-                    results=results,
-                    concurrency=concurrency,
-                    max_rounds=max_rounds,
-                    backbone_options=options,
-                    device=device,
-                    budget_usd=budget_usd,
-                    force=force,
-                )
+        configs = check_bench(
+            backbone,
+            target=target,
+            units=units,
+            results=results,
+            concurrency=concurrency,
+            max_rounds=max_rounds,
+            backbone_options=options,
+            device=device,
+            budget_usd=budget_usd,
+            force=force,
+            evaluator=evaluator,
+            n=n,
+        )
+        skipped: list[Any] = []
+        try:
+            from maia_core.loop.run import run
+
+            for config in configs:
+                run(config)
+            run_eval(
+                [results], evaluator=evaluator, n=n, device=device, force=force, skipped=skipped
             )
-        run_eval([results], evaluator=evaluator, n=n, device=device, force=force)
+        except KeyboardInterrupt:
+            sys.stderr.write(BENCH_INTERRUPTED)
+            raise typer.Exit(130) from None
+        if skipped:
+            raise typer.Exit(1)
 
 
+def check_bench(backbones: list[str], *, evaluator: str | None, n: int, **config: Any) -> list[Any]:
+    """Every option of ``maia bench``, each a one-line error, before any investigation: the
+    output folder, the numbers, the target and units, each backbone and the evaluator (names,
+    keys, prices for --budget-usd). Returns the runs' configurations."""
+    from maia_core import plugins
+    from maia_core.loop.run import (
+        RunConfig,
+        check_config,
+        make_backbone,
+        make_backbones,
+        selection,
+    )
+    from maia_plugins.evaluation.evaluate import check_options
+
+    check_options("llm" if evaluator else "template", evaluator is not None, n)
+    configs = [RunConfig(backbone=name, **config) for name in backbones]
+    for run_config in configs:
+        check_config(run_config)
+        selection(run_config)
+        plugins.registry("targets").resolve(run_config.target)
+        for made in dict.fromkeys(make_backbones(run_config)):
+            made.close()
+    if evaluator:
+        make_backbone(evaluator, flag="--evaluator").close()
+    return configs
+
+
+@full_disk_stops(
+    ", then run the same command again: the units scored so far keep their eval.json and are "
+    "not scored again."
+)
 def run_eval(
     results: list[Path],
     *,
@@ -150,16 +215,27 @@ def run_eval(
     seed: int = 0,
     out: Path | None = None,
     quiet: bool = False,
+    skipped: list[Any] | None = None,
 ) -> list[dict[str, Any]]:
-    """``maia eval`` as a function: score, then write ``eval.csv``, the plots and ``eval.html``."""
+    """``maia eval`` as a function: score, then write ``eval.csv``, the plots and ``eval.html``.
+
+    A unit that cannot be scored is named on stderr (its folder and why), appended to
+    ``skipped`` (an :class:`~maia_plugins.evaluation.evaluate.Skipped`) and left out of the
+    scores; the others are scored. A full disk is a one-line error."""
     from rich.console import Console
 
     from maia_core.files import ensure_output_folder
     from maia_core.options import parse_pairs, parse_tool_options
-    from maia_plugins.evaluation.evaluate import check_folders, evaluate
+    from maia_plugins.evaluation.evaluate import check_folders, check_options, evaluate
     from maia_plugins.evaluation.plots import write_plots
     from maia_plugins.evaluation.report import render_eval_html
     from maia_plugins.evaluation.summary import rich_table, summarize, write_csv
+
+    skipped = [] if skipped is None else skipped
+
+    def on_skip(skip: Any) -> None:
+        skipped.append(skip)
+        sys.stderr.write(skip.line() + "\n")
 
     text2image = None
     if tools:
@@ -170,6 +246,7 @@ def run_eval(
             )
         text2image = impl.strip()
     prompts = prompts or ("llm" if evaluator else "template")
+    check_options(prompts, bool(evaluator), n)
     results = check_folders(results)  # before --out is created, which may be one of them
     out = ensure_output_folder(out or results[0], "--out")
     backbone = None
@@ -196,6 +273,7 @@ def run_eval(
             force=force,
             seed=seed,
             progress=lambda what: console.print(f"[dim]evaluating {what}[/]", highlight=False),
+            on_skip=on_skip,
         )
     finally:
         if backbone is not None:
@@ -216,5 +294,10 @@ def run_eval(
         Console().print(rich_table(rows))
         print(
             f"wrote {out / 'eval.csv'}, {out / 'eval.html'} and {len(plots)} plot(s) in {out / 'plots'}"
+        )
+    if skipped:
+        sys.stderr.write(
+            f"maia eval: {len(skipped)} unit(s) could not be scored and were skipped (named above); "
+            "they count as not scored.\n"
         )
     return records

@@ -17,6 +17,11 @@ No agent code runs here, so the models are loaded in this process (one model hos
 and the evaluator backbone is called from it. Each unit's ``eval.json`` is written atomically;
 a re-run skips units that have one (``--force`` redoes them), and ``--chunk I/N`` splits the
 units over machines.
+
+A unit that cannot be scored (a ``result.json`` maia did not write, a target, option, layer or
+unit the evaluator cannot load, a folder whose name is not text) does not stop the others: it
+is a :class:`Skipped` (its folder and the reason), handed to ``on_skip``, and its record says
+``"skipped"``. Checks that make a unit unscorable raise :class:`CannotScore`.
 """
 
 from __future__ import annotations
@@ -27,16 +32,25 @@ import io
 import json
 import re
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from maia_core.errors import UserError
-from maia_core.files import atomic_write_json
+from maia_core.errors import UserError, check_count
+from maia_core.files import (
+    atomic_write_json,
+    check_writable,
+    no_space,
+    shown_path,
+    text_name,
+)
 from maia_core.loop.investigation import extract_code
 from maia_core.loop.results import read_result
-from maia_core.units import Unit, chunk, parse_chunk
+from maia_core.units import Unit, chunk, expand, parse_chunk
 
 DEFAULT_N = 7
+# Prompts per side: each is an image rendered and measured, for every unit.
+MAX_N = 100
 # The evaluator's instructions, after MAIA's evaluation/eval.py (its protocol, our wording).
 POSITIVE = (
     "You will receive a label describing the concept or concepts that a neuron of a vision "
@@ -94,6 +108,22 @@ _LIST_MARK = re.compile(r"^\s*(?:[-*•]+|\d+[.)]|\(\d+\))\s*")
 # -- finding the units -------------------------------------------------------------------------
 
 
+@dataclass
+class Skipped:
+    """A unit that could not be scored: its folder and why (one line each, counted as not
+    scored; ``maia eval`` exits 1 when there is any)."""
+
+    unit_dir: Path
+    reason: str
+
+    def line(self) -> str:
+        return f"maia eval: skipped {shown_path(self.unit_dir)}: {self.reason}"
+
+
+class CannotScore(Exception):
+    """This unit cannot be scored; the message says why. The other units are scored."""
+
+
 def check_folders(folders: Iterable[str | Path]) -> list[Path]:
     """The results folders as paths; a one-line error for one that is missing or a file."""
     checked = [Path(folder) for folder in folders]
@@ -101,25 +131,42 @@ def check_folders(folders: Iterable[str | Path]) -> list[Path]:
         if not folder.is_dir():
             what = "is a file" if folder.exists() else "does not exist"
             raise UserError(
-                f"Results folder {str(folder)!r} {what}; give the folder maia run wrote (e.g. results/)."
+                f"Results folder {shown_path(folder)!r} {what}; give the folder maia run wrote (e.g. results/)."
             )
     return checked
 
 
-def find_units(folders: Iterable[str | Path]) -> list[tuple[Path, dict[str, Any]]]:
-    """Every unit folder with a ``result.json`` under ``folders``, sorted, with its result."""
+def find_units(
+    folders: Iterable[str | Path], on_skip: Callable[[Skipped], None] | None = None
+) -> list[tuple[Path, dict[str, Any]]]:
+    """Every unit folder with a ``result.json`` under ``folders``, sorted, with its result.
+    A folder whose name is not text, or whose ``result.json`` maia did not write, is handed
+    to ``on_skip``."""
     found: dict[Path, dict[str, Any]] = {}
+    skipped: dict[Path, Skipped] = {}
     folders = check_folders(folders)
     for folder in folders:
         for path in folder.rglob("result.json"):
-            result = read_result(path.parent)
-            if (
-                result is not None
-                and isinstance(result.get("unit"), int)
+            unit_dir = path.parent
+            result = read_result(unit_dir)
+            if not text_name(unit_dir.relative_to(folder)):
+                reason = "its name is not text (undecodable bytes or a control character); rename the folder to score it"
+            elif result is None:
+                reason = "its result.json is not a JSON object maia wrote"
+            elif not (
+                isinstance(result.get("unit"), int)
+                and not isinstance(result.get("unit"), bool)
                 and isinstance(result.get("layer"), str)
             ):
-                found[path.parent.resolve()] = result
-    if not found:
+                reason = "its result.json names no layer and unit"
+            else:
+                found[unit_dir.resolve()] = result
+                continue
+            skipped.setdefault(unit_dir.resolve(), Skipped(unit_dir, reason))
+    for skip in skipped.values():
+        if on_skip is not None:
+            on_skip(skip)
+    if not found and not skipped:
         raise UserError(f"No results under {', '.join(map(str, folders))}: run maia run first.")
     return sorted(
         found.items(),
@@ -156,8 +203,8 @@ def llm_prompts(backbone: Any, label: str, n: int) -> tuple[list[str], list[str]
         usage = usage + reply.usage
         parsed = parse_prompts(reply.text, n)
         if not parsed:
-            raise UserError(
-                f"The evaluator answered no prompts for the label {label!r}: {reply.text[:200]!r}"
+            raise CannotScore(
+                f"the evaluator answered no prompts for its label {label!r}: {reply.text[:200]!r}"
             )
         prompts.append(parsed)
     return prompts[0], prompts[1], usage.to_json()
@@ -247,6 +294,15 @@ class Evaluator:
             for (p, name), s in zip(candidates, sims)
             if s < UNRELATED and name.lower() not in matched
         ]
+
+    def check(self, unit: Unit) -> None:
+        """A layer the target has, and a unit in its range, as ``maia run`` checks them."""
+        target = self.host.target
+        try:
+            info = target.require_layer(unit.layer)
+            expand({unit.layer: [unit.index]}, {unit.layer: info}, target.name)
+        except UserError as exc:
+            raise CannotScore(exc.message) from None
 
     def measure(self, unit: Unit, images: list[Any]) -> tuple[list[float], list[Any]]:
         session = self.host.open(unit, None)
@@ -424,6 +480,17 @@ def thumbnail(image: Any, side: int = 112) -> str | None:
 # -- the command's work ------------------------------------------------------------------------
 
 
+def check_options(prompts: str, evaluator_given: bool, n: int) -> None:
+    """The options of an evaluation, each a one-line error, before any work."""
+    if prompts not in ("template", "llm"):
+        raise UserError(f"--prompts must be template or llm, not {prompts!r}.")
+    if prompts == "llm" and not evaluator_given:
+        raise UserError(
+            "--prompts llm needs an evaluator backbone: --evaluator claude (or any backbone)."
+        )
+    check_count(n, "--n", 1, MAX_N, "prompts per side, each an image rendered for every unit")
+
+
 def evaluate(
     folders: list[Path],
     *,
@@ -438,20 +505,22 @@ def evaluate(
     force: bool = False,
     seed: int = 0,
     progress: Callable[[str], None] | None = None,
+    on_skip: Callable[[Skipped], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """Score the units under ``folders``; returns every unit's record (old and new)."""
-    if prompts not in ("template", "llm"):
-        raise UserError(f"--prompts must be template or llm, not {prompts!r}.")
-    if prompts == "llm" and evaluator is None:
-        raise UserError(
-            "--prompts llm needs an evaluator backbone: --evaluator claude (or any backbone)."
-        )
-    if n < 1:
-        raise UserError(f"--n must be at least 1, not {n}.")
-    units = find_units(folders)
+    """Score the units under ``folders``; returns every unit's record (old and new). Units
+    that cannot be scored go to ``on_skip`` and are not scored; the others are."""
+    check_options(prompts, evaluator is not None, n)
+
+    def skip(unit_dir: Path, result: dict[str, Any] | None, reason: str) -> None:
+        if result is not None:
+            records.append({**_record(unit_dir, result), "skipped": reason})
+        if on_skip is not None:
+            on_skip(Skipped(unit_dir, reason))
+
+    records: list[dict[str, Any]] = []
+    units = find_units(folders, on_skip)
     if chunk_spec:
         units = chunk(units, *parse_chunk(chunk_spec))
-    records = []
     todo: dict[tuple, list[tuple[Path, dict[str, Any]]]] = {}
     for unit_dir, result in units:
         existing = _read_eval(unit_dir)
@@ -466,27 +535,58 @@ def evaluate(
             todo.setdefault(key, []).append((unit_dir, result))
         else:
             records.append(_record(unit_dir, result))  # listed, not scored
+    # Where eval.json goes must be writable: told now, not after an hour of scoring.
+    for group in todo.values():
+        for unit_dir, _ in group:
+            check_writable(
+                unit_dir,
+                "The unit folder",
+                "eval.json is written there: make it writable, or run maia eval on a copy of the results you can write",
+                probe_bytes=0,
+            )
     for (target, options, bases), group in todo.items():
-        ev = Evaluator(
-            str(target),
-            json.loads(options),
-            json.loads(bases),
-            text2image=text2image,
-            tool_options=tool_options or {},
-            device=device,
-            precision=precision,
-        )
+        try:
+            target_options, target_bases = json.loads(options), json.loads(bases)
+            if not isinstance(target_options, dict):
+                raise UserError("its result.json's target_options is not a JSON object.")
+            if not isinstance(target_bases, list) or not all(
+                isinstance(b, list) and len(b) == 2 and all(isinstance(x, str) for x in b)
+                for b in target_bases
+            ):
+                raise UserError("its result.json's bases is not a list of [layer, file] pairs.")
+            ev = Evaluator(
+                str(target),
+                {str(k): str(v) for k, v in target_options.items()},
+                target_bases,
+                text2image=text2image,
+                tool_options=tool_options or {},
+                device=device,
+                precision=precision,
+            )
+        except UserError as exc:
+            for unit_dir, result in group:
+                skip(unit_dir, result, f"its target {target} cannot be loaded: {exc.message}")
+            continue
         try:
             for unit_dir, result in group:
                 if progress:
                     progress(
                         f"{result.get('backbone')} {target} {result['layer']}={result['unit']}"
                     )
-                records.append(
-                    score_unit(
-                        ev, unit_dir, result, prompts=prompts, n=n, seed=seed, evaluator=evaluator
+                try:
+                    records.append(
+                        score_unit(
+                            ev,
+                            unit_dir,
+                            result,
+                            prompts=prompts,
+                            n=n,
+                            seed=seed,
+                            evaluator=evaluator,
+                        )
                     )
-                )
+                except CannotScore as exc:
+                    skip(unit_dir, result, str(exc))
         finally:
             ev.close()
     return records
@@ -535,6 +635,7 @@ def score_unit(
 ) -> dict[str, Any]:
     record = _record(unit_dir, result)
     unit = Unit(result["layer"], result["unit"])
+    ev.check(unit)
     label = str(result["label"])
     s = unit_seed(seed, result)
     predictive = ev.predictive(unit, label, prompts=prompts, n=n, seed=s, evaluator=evaluator)
@@ -544,7 +645,12 @@ def score_unit(
     truth = ev.host.ground_truth(unit)
     if truth is not None:
         record["ground_truth"] = ev.ground_truth(unit, label, truth, s)
-    atomic_write_json(
-        unit_dir / "eval.json", {k: v for k, v in record.items() if not k.startswith("_")}
-    )
+    try:
+        atomic_write_json(
+            unit_dir / "eval.json", {k: v for k, v in record.items() if not k.startswith("_")}
+        )
+    except OSError as exc:
+        if no_space(exc):
+            raise  # a full disk stops the evaluation, with one line
+        raise CannotScore(f"its eval.json cannot be written ({exc.strerror or exc})") from None
     return record

@@ -249,9 +249,14 @@ def render_card(record: dict[str, Any], root: Path) -> str:
     )
     predictive = record.get("predictive")
     prompts = _prompts(predictive) if isinstance(predictive, dict) else ""
+    skipped = (
+        f'<div class="note">Not scored: {_e(record["skipped"])}</div>'
+        if record.get("skipped")
+        else ""
+    )
     return (
         f'<div class="card"><div class="head"><b>{_e(record.get("backbone"))}</b>{badge}{link}</div>'
-        f'<div class="label">{_e(label) if label else MISSING}</div>{desc}'
+        f'<div class="label">{_e(label) if label else MISSING}</div>{desc}{skipped}'
         f"{_scores(record)}{prompts}{_thumbs(record)}</div>"
     )
 
@@ -315,4 +320,7 @@ def render_eval_html(
 ) -> Path:
     """Write ``eval.html`` at ``out_path`` atomically; ``plots`` are PNG files to embed."""
     out_path = Path(out_path)
-    return atomic_write_text(out_path, render_eval(records, out_path.parent, plots))
+    # Text from result.json files: a lone surrogate is replaced, never a reason not to write.
+    return atomic_write_text(
+        out_path, render_eval(records, out_path.parent, plots), errors="replace"
+    )

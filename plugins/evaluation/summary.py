@@ -26,7 +26,8 @@ Undefined scores are ``null`` (``metrics.*_scores`` never write NaN); here NaN, 
 booleans and non-numbers are treated as missing alike. Every mean is over the units where the
 value exists, and each comes with its count (``*_n``), so a mean over 3 of 20 units shows.
 Units that were not scored (failed, no label) count in ``units``, ``completed``, rounds and
-cost, not in the scores.
+cost, not in the scores. Units ``maia eval`` could not score (their record has ``"skipped"``:
+why) are counted in ``skipped`` too.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ COLUMNS = (
     "units",  # records for this backbone and target
     "completed",  # of which the investigation completed
     "scored",  # of which have a predictive evaluation
+    "skipped",  # of which maia eval could not score (a bad result.json, a target it cannot load)
     "auc_mean",
     "auc_n",
     "mad_mean",
@@ -162,6 +164,7 @@ def _summarize_group(backbone: str, target: str, records: list[dict[str, Any]]) 
     row["completed"] = sum(r.get("status") == "completed" for r in records)
     predictive = [p for p in (r.get("predictive") for r in records) if isinstance(p, dict)]
     row["scored"] = len(predictive)
+    row["skipped"] = sum(bool(r.get("skipped")) for r in records)
 
     def mean_of(values: list[Any], key: str) -> None:
         present = [v for v in map(number, values) if v is not None]
@@ -222,7 +225,7 @@ def csv_text(rows: list[dict[str, Any]]) -> str:
 
 def write_csv(rows: list[dict[str, Any]], path: str | Path) -> Path:
     """``rows`` as CSV (header ``COLUMNS``; empty cell = not available), written atomically."""
-    return atomic_write_text(path, csv_text(rows))
+    return atomic_write_text(path, csv_text(rows), errors="replace")
 
 
 # -- display (the terminal table and eval.html share these) -----------------------------------
@@ -265,6 +268,7 @@ def display_rows(
         ("Backbone", "Backbone", lambda r: str(r.get("backbone"))),
         ("Target", "Target", lambda r: str(r.get("target"))),
         ("Completed", "Completed", lambda r: f"{r.get('completed', 0)}/{r.get('units', 0)}"),
+        ("Not scored (skipped)", "Skipped", lambda r: str(r["skipped"]) if r.get("skipped") else MISSING),
         ("AUC", "AUC", lambda r: _with_n(r.get("auc_mean"), r.get("auc_n"), r.get("scored"))),
         ("MAD", "MAD", lambda r: _with_n(r.get("mad_mean"), r.get("mad_n"), r.get("scored"))),
         ("p<0.05", "p<0.05 (% of units)", lambda r: _with_n(r.get("significant_pct"), r.get("significant_n"), r.get("scored"), 0, "%")),
