@@ -100,7 +100,6 @@ def run(
     budget_usd: float | None = typer.Option(
         None,
         "--budget-usd",
-        min=0,
         help="Stop starting new units once this run's estimated spend reaches this many USD.",
     ),
     price_file: Path | None = typer.Option(
@@ -124,8 +123,7 @@ def run(
     max_rounds: int = typer.Option(
         DEFAULT_MAX_ROUNDS,
         "--max-rounds",
-        min=1,
-        help="Experiment rounds before the agent must answer.",
+        help="Experiment rounds before the agent must answer (1 to 1000).",
     ),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     precision: str = typer.Option("fp32", "--precision", help="fp32, bf16 or fp16 (autocast)."),

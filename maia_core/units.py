@@ -104,6 +104,15 @@ def read_unit_file(path: str | Path) -> Selection:
     return {k: list(dict.fromkeys(v)) for k, v in obj.items()}
 
 
+def unit_range(units: int) -> str:
+    """``"2048 units (0-2047)"``, ``"1 unit (0)"``, or ``"no units"``: a layer's size in words."""
+    if units <= 0:
+        return "no units"
+    if units == 1:
+        return "1 unit (0)"
+    return f"{units} units (0-{units - 1})"
+
+
 def expand(selection: Selection, layers: dict[str, LayerInfo], target: str) -> list[Unit]:
     """Turn a selection into units, checking every layer and index against the target."""
     units: list[Unit] = []
@@ -121,7 +130,7 @@ def expand(selection: Selection, layers: dict[str, LayerInfo], target: str) -> l
                 continue
             if not 0 <= last < info.units:
                 raise UserError(
-                    f"Unit {last} is out of range for layer {name!r} of {target}, which has {info.units} units (0-{info.units - 1})."
+                    f"Unit {last} is out of range for layer {name!r} of {target}, which has {unit_range(info.units)}."
                 )
             units.extend(Unit(name, i) for i in (item if isinstance(item, range) else [item]))
     return list(dict.fromkeys(units))

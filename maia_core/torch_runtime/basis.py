@@ -79,6 +79,11 @@ class Basis:
             raise UserError(
                 f"Basis file {str(path)!r} has shapes {shapes}; expected W_enc [C, K], b_enc [K], b_dec [C]."
             )
+        if w.shape[1] == 0:
+            raise UserError(
+                f"Basis file {str(path)!r} has no latents: W_enc is [{w.shape[0]}, 0]. A basis "
+                "needs at least one (K >= 1): W_enc [C, K], b_enc [K]."
+            )
         return cls(name or path.stem, layer, w, b, b_dec)
 
     def to(self, device: torch.device) -> Basis:

@@ -13,6 +13,10 @@ from maia_core import hookimpl
 from maia_core.errors import UserError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
+# A toy trainer's bounds: its encoder and decoder are C x K floats in memory.
+MAX_LATENTS = 65_536
+MAX_STEPS = 1_000_000
+MAX_POSITIONS = 65_536
 
 
 @hookimpl
@@ -36,12 +40,12 @@ def register_commands(cli):
         out: Path = typer.Option(
             Path("sae.safetensors"), "--out", help="Where to write the basis file."
         ),
-        latents: int = typer.Option(64, "--latents", min=1, help="Number of latents K."),
+        latents: int = typer.Option(64, "--latents", help="Number of latents K (1 to 65,536)."),
         l1: float = typer.Option(1e-3, "--l1", help="Sparsity penalty on the latents."),
-        steps: int = typer.Option(500, "--steps", min=1, help="Optimizer steps."),
+        steps: int = typer.Option(500, "--steps", help="Optimizer steps (1 to 1,000,000)."),
         lr: float = typer.Option(1e-3, "--lr", help="Adam learning rate."),
         positions: int = typer.Option(
-            64, "--positions", min=1, help="Spatial positions sampled per image."
+            64, "--positions", help="Spatial positions sampled per image (1 to 65,536)."
         ),
         limit: int | None = typer.Option(None, "--limit", help="Use at most this many images."),
         seed: int = typer.Option(0, "--seed"),
@@ -139,8 +143,12 @@ def train_sae(
     from safetensors.torch import save
 
     from maia_core import plugins
-    from maia_core.errors import UserError
+    from maia_core.errors import UserError, check_count
     from maia_core.files import atomic_write_bytes, ensure_output_file
+
+    check_count(latents, "--latents", 1, MAX_LATENTS, "a toy trainer's; C x K floats in memory")
+    check_count(steps, "--steps", 1, MAX_STEPS)
+    check_count(positions, "--positions", 1, MAX_POSITIONS)
 
     for name, value in (("--lr", lr), ("--l1", l1)):
         if not (math.isfinite(value) and value >= 0) or (name == "--lr" and value == 0):

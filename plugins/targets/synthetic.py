@@ -243,8 +243,11 @@ def make_synthetic(
     device: str = "auto",
     precision: str = "fp32",
     name: str | None = None,
+    neuron_set: NeuronSet | None = None,
     **options: str,
 ):
+    """The target ``synthetic:<arg>``; ``neuron_set`` is the set to use instead of reading it
+    from ``arg`` (``maia synthetic create`` builds it before the file is written)."""
     if not arg:
         raise UserError(
             "The synthetic target needs a set: synthetic:maia, synthetic:offline or synthetic:PATH.json."
@@ -257,7 +260,7 @@ def make_synthetic(
     map_size = as_int(plain.get("map_size", 28), "map_size")
     if not 1 <= map_size <= 512:
         raise UserError(f"Option map_size={map_size} must be between 1 and 512.")
-    neuron_set = load_set(arg)
+    neuron_set = neuron_set if neuron_set is not None else load_set(arg)
     detector_name = plain.get("detector") or neuron_set.detector
     from maia_core.torch_runtime.detector import load_detector
 
@@ -286,13 +289,11 @@ def make_synthetic(
 # -- commands -------------------------------------------------------------------------------
 
 
-def add_neuron(
+def plan_neuron(
     set_file: str, mode: str, concepts: list[str], detector: str | None = None
 ) -> tuple[NeuronSet, int, bool]:
-    """Add a neuron to a set file (created if missing), atomically. Returns the set, the
-    neuron's index in its mode, and whether it was added (False: it was already there)."""
-    from maia_core.files import atomic_write_json
-
+    """The set file's set with a neuron added, in memory: nothing is written. Returns the
+    set, the neuron's index in its mode, and whether it is new (False: already there)."""
     if set_file in BUILTIN_SETS:
         raise UserError(
             f"The built-in set {set_file!r} is read-only; give a file for your own set, e.g. --set myset.json."
@@ -336,8 +337,50 @@ def add_neuron(
     if label in labels:
         return neuron_set, labels.index(label), False
     labels.append(label)
-    atomic_write_json(path, neuron_set.to_json())
     return neuron_set, len(labels) - 1, True
+
+
+def write_set(neuron_set: NeuronSet) -> None:
+    """The set's file, atomically: a reader sees the old set or the new one."""
+    from maia_core.files import atomic_write_json, full_disk_stops, shown_path
+
+    try:
+        with full_disk_stops(", then run the same command again."):
+            atomic_write_json(neuron_set.path, neuron_set.to_json())
+    except OSError as exc:  # a full disk is a UserError already
+        raise UserError(
+            f"Cannot write the set file {shown_path(neuron_set.path)!r} ({exc.strerror or exc}). "
+            "Give a --set file in a folder you can write to."
+        ) from None
+
+
+def add_neuron(
+    set_file: str, mode: str, concepts: list[str], detector: str | None = None
+) -> tuple[NeuronSet, int, bool]:
+    """Add a neuron to a set file (created if missing), atomically. Returns the set, the
+    neuron's index in its mode, and whether it was added (False: it was already there)."""
+    neuron_set, index, added = plan_neuron(set_file, mode, concepts, detector)
+    if added:
+        write_set(neuron_set)
+    return neuron_set, index, added
+
+
+def check_set_folder(set_file: str) -> None:
+    """The set file can be written (its folder is made if missing): told before any work."""
+    from maia_core.files import check_writable, shown_path
+
+    path = set_path(set_file)
+    if path.is_dir():
+        raise UserError(f"--set {shown_path(path)!r} is a folder; give a JSON file name.")
+    existing = next(p for p in path.parents if p.exists())
+    if not existing.is_dir():
+        raise UserError(
+            f"--set {shown_path(path)!r} lies under {shown_path(existing)!r}, which is a file; "
+            "give another path."
+        )
+    check_writable(
+        existing, "--set's folder", "Give a --set file in a folder you can write to", probe_bytes=0
+    )
 
 
 @hookimpl
@@ -366,41 +409,78 @@ def register_commands(cli):
             None, "--dataset", help="Also compute the set's exemplars over this dataset."
         ),
         dataset_option: list[str] = typer.Option([], "--dataset-option", help="KEY=VALUE."),
-        limit: int | None = typer.Option(None, "--limit", min=1, help="Use only N images."),
-        batch_size: int = typer.Option(32, "--batch-size", min=1),
-        workers: int = typer.Option(2, "--workers", min=0),
+        limit: int | None = typer.Option(None, "--limit", help="Use only N images."),
+        batch_size: int = typer.Option(32, "--batch-size", help="Images per batch (1 to 4096)."),
+        workers: int = typer.Option(2, "--workers", help="Data loading processes (0 to 64)."),
         device: str = typer.Option("auto", "--device"),
         exemplars: Path = typer.Option(
             Path("exemplars"), "--exemplars", help="Root of the stores."
         ),
     ) -> None:
-        """Add a synthetic neuron to a set file and print its unit (MODE=INDEX)."""
-        parts = [c for c in concepts.split(",") if c.strip()]
-        neuron_set, index, added = add_neuron(set_file, mode, parts, detector)
-        print(f"{mode}={index}")
+        """Add a synthetic neuron to a set file and print its unit (MODE=INDEX).
+
+        The file changes only when everything succeeds (its exemplars too, with --dataset),
+        and atomically: a reader sees the old set or the new one."""
         import sys
 
+        parts = [c for c in concepts.split(",") if c.strip()]
+        # Everything is checked before the file changes or any work starts.
+        if dataset:
+            from maia_plugins.tools.dataset_exemplars import check_compute_options
+
+            check_compute_options(
+                k=15,
+                batch_size=batch_size,
+                workers=workers,
+                samples=20_000,
+                limit=limit,
+                checkpoint_every=60.0,
+                decode="auto",
+            )
+        if set_file not in BUILTIN_SETS:
+            check_set_folder(set_file)
+        neuron_set, index, added = plan_neuron(set_file, mode, parts, detector)
+        if dataset:
+            from maia_core import plugins
+            from maia_core.options import parse_pairs
+            from maia_plugins.tools.dataset_exemplars import compute_store, store_summary
+
+            plugins.registry("datasets").resolve(dataset)
+            parse_pairs(dataset_option, "--dataset-option")
+            if exemplars.exists() and not exemplars.is_dir():
+                raise UserError(
+                    f"--exemplars {str(exemplars)!r} is a file; give the folder of exemplar stores."
+                )
+            # The store of the set as it will be, built from the set in memory: the file is
+            # written only once it exists.
+            target = make_synthetic(set_file, device=device, neuron_set=neuron_set)
+            try:
+                summary = compute_store(
+                    target=f"synthetic:{set_file}",
+                    dataset=dataset,
+                    dataset_options=dataset_option,
+                    layers=",".join(m for m, n in neuron_set.counts().items() if n),
+                    batch_size=batch_size,
+                    workers=workers,
+                    device=device,
+                    limit=limit,
+                    root=exemplars,
+                    force=True,
+                    restart=True,
+                    target_object=target,
+                    announce=False,
+                )
+            finally:
+                target.close()
+        if added:
+            write_set(neuron_set)
+        print(f"{mode}={index}")
         what = "added to" if added else "already in"
         sys.stderr.write(
             f"{what} {set_file}; study it with: maia run --target synthetic:{set_file} --units {mode}={index}\n"
         )
         if dataset:
-            from maia_plugins.tools.dataset_exemplars import compute_store
-
-            layers = ",".join(m for m, n in neuron_set.counts().items() if n)
-            compute_store(
-                target=f"synthetic:{set_file}",
-                dataset=dataset,
-                dataset_options=dataset_option,
-                layers=layers,
-                batch_size=batch_size,
-                workers=workers,
-                device=device,
-                limit=limit,
-                root=exemplars,
-                force=True,
-                restart=True,
-            )
+            sys.stderr.write(store_summary(summary) + "\n")
 
     @app.command("vocabulary")
     def vocabulary_command(

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from maia_core import hookimpl
-from maia_core.errors import ToolError, UserError
-from maia_core.files import atomic_write_bytes
+from maia_core.errors import ToolError, UserError, check_count
+from maia_core.files import atomic_write_bytes, full_disk_stops
 from maia_core.options import reject_unknown
 from maia_core.tools import ToolContext
 
@@ -25,6 +25,12 @@ if TYPE_CHECKING:
     from PIL import Image
 
 DEFAULT_ROOT = Path("exemplars")
+# Upper bounds of the counts a computation takes, far above any use and below what would
+# exhaust a machine: k maps per unit at the top and the bottom, samples per unit in memory.
+MAX_K = 1000
+MAX_BATCH_SIZE = 4096
+MAX_WORKERS = 64
+MIN_SAMPLES, MAX_SAMPLES = 100, 1_000_000
 
 
 @hookimpl
@@ -86,7 +92,9 @@ class DatasetExemplars:
                 "dataset_exemplars needs the unit: call it as tools.dataset_exemplars(system)."
             )
         store = self._find()
-        target = self._ctx.target.name
+        # The name the agent's system carries: a user's set file path (synthetic:/home/me/
+        # set.json) is not the agent's to see.
+        target = getattr(self._ctx.target, "public_name", None) or self._ctx.target.name
         if store is None or layer not in store.layers:
             raise ToolError(
                 f"There are no dataset exemplars for layer {layer} of {target} (looked in {self._root}). "
@@ -127,15 +135,13 @@ def register_commands(cli):
             help="Comma-separated layers, or all (the main layers of maia layers).",
         ),
         k: int = typer.Option(
-            15, "--k", min=1, help="Exemplars kept per unit, at the top and at the bottom."
+            15, "--k", help="Exemplars kept per unit, at the top and at the bottom (1 to 1000)."
         ),
-        batch_size: int = typer.Option(64, "--batch-size", min=1),
-        workers: int = typer.Option(2, "--workers", min=0, help="Data loading processes."),
+        batch_size: int = typer.Option(64, "--batch-size", help="Images per batch (1 to 4096)."),
+        workers: int = typer.Option(2, "--workers", help="Data loading processes (0 to 64)."),
         device: str = typer.Option("auto", "--device"),
         precision: str = typer.Option("fp32", "--precision", help="fp32, bf16 or fp16 (autocast)."),
-        limit: int | None = typer.Option(
-            None, "--limit", min=1, help="Use only the first N images."
-        ),
+        limit: int | None = typer.Option(None, "--limit", help="Use only the first N images."),
         out: Path | None = typer.Option(
             None, "--out", help="The store folder. Default: <exemplars>/<target>/<dataset>."
         ),
@@ -154,12 +160,11 @@ def register_commands(cli):
         samples: int = typer.Option(
             20_000,
             "--samples",
-            min=100,
-            help="Activations sampled per unit for its 0.99-quantile threshold.",
+            help="Activations sampled per unit for its 0.99-quantile threshold (100 to 1,000,000).",
         ),
         seed: int = typer.Option(0, "--seed"),
         checkpoint_every: float = typer.Option(
-            60.0, "--checkpoint-every", min=0, help="Seconds between checkpoints (0: every batch)."
+            60.0, "--checkpoint-every", help="Seconds between checkpoints (0: every batch)."
         ),
         decode: str = typer.Option(
             "auto",
@@ -234,7 +239,7 @@ def register_commands(cli):
         out: Path | None = typer.Option(
             None, "--out", help="PNG to write. Default: exemplars-<layer>-<unit>.png."
         ),
-        k: int = typer.Option(15, "--k", min=1),
+        k: int = typer.Option(15, "--k", help="How many (1 to 1000)."),
         bottom: bool = typer.Option(False, "--bottom", help="The least activating images instead."),
         dataset: str | None = typer.Option(
             None, "--dataset", help="Which store, when the target has several."
@@ -246,7 +251,9 @@ def register_commands(cli):
         """Render a unit's exemplars, with their activations, as one image."""
         from maia_core.files import ensure_output_file, slug
         from maia_core.torch_runtime.exemplars import find_store, grid
+        from maia_core.units import unit_range
 
+        check_count(k, "--k", 1, MAX_K)
         path = ensure_output_file(
             out or Path(f"exemplars-{slug(layer)}-{unit}{'-bottom' if bottom else ''}.png"), "--out"
         )
@@ -264,7 +271,7 @@ def register_commands(cli):
         units = store.layers[layer]["units"]
         if unit >= units:
             raise UserError(
-                f"Unit {unit} is out of range for layer {layer!r}, which has {units} units (0-{units - 1})."
+                f"Unit {unit} is out of range for layer {layer!r}, which has {unit_range(units)}."
             )
         title = f"{target} {layer} unit {unit}: {'least' if bottom else 'most'} activating of {store.dataset_spec}"
         sheet = grid(store.masked(layer, unit, bottom=bottom, k=k), title=title)
@@ -274,6 +281,34 @@ def register_commands(cli):
         print(f"wrote {path}")
 
 
+def check_compute_options(
+    *,
+    k: int,
+    batch_size: int,
+    workers: int,
+    samples: int,
+    limit: int | None,
+    checkpoint_every: float,
+    decode: str,
+) -> None:
+    """The numbers of a computation, each a one-line error naming its bound, before any work."""
+    import math
+
+    check_count(k, "--k", 1, MAX_K, "maps are kept for each of them, per unit, top and bottom")
+    check_count(batch_size, "--batch-size", 1, MAX_BATCH_SIZE)
+    check_count(workers, "--workers", 0, MAX_WORKERS, "a process each")
+    check_count(samples, "--samples", MIN_SAMPLES, MAX_SAMPLES, "every unit's are kept in memory")
+    if limit is not None and limit < 1:
+        raise UserError(f"--limit must be at least 1, not {limit}.")
+    if not (math.isfinite(checkpoint_every) and checkpoint_every >= 0):
+        raise UserError(
+            f"--checkpoint-every must be a number of seconds, 0 or more, not {checkpoint_every!r}."
+        )
+    if decode not in ("auto", "pil", "torchvision"):
+        raise UserError(f"Unknown --decode {decode!r}. Use auto, pil or torchvision.")
+
+
+@full_disk_stops(", then run the same command again: it resumes from the last checkpoint.")
 def compute_store(
     *,
     target: str,
@@ -298,8 +333,14 @@ def compute_store(
     restart: bool = False,
     force: bool = False,
     quiet: bool = False,
+    target_object: Any = None,
+    announce: bool = True,
 ) -> dict[str, Any]:
-    """``maia exemplars compute`` as a function (tests and notebooks call it too)."""
+    """``maia exemplars compute`` as a function (tests and notebooks call it too).
+
+    ``target_object`` is the target already built for ``target`` (``maia synthetic create``
+    computes a set's store before writing the set's file). A full disk is a one-line error;
+    the same command then resumes from the last checkpoint."""
     import shutil
 
     from rich.console import Console
@@ -322,10 +363,19 @@ def compute_store(
         default_store_dir,
     )
 
-    if decode not in ("auto", "pil", "torchvision"):
-        raise UserError(f"Unknown --decode {decode!r}. Use auto, pil or torchvision.")
+    check_compute_options(
+        k=k,
+        batch_size=batch_size,
+        workers=workers,
+        samples=samples,
+        limit=limit,
+        checkpoint_every=checkpoint_every,
+        decode=decode,
+    )
     from maia_core.files import ensure_output_folder
 
+    if target_object is None:
+        plugins.registry("targets").resolve(target)  # a typo is told before folders are made
     if out is not None:
         ensure_output_folder(out, "--out")
     elif Path(root).is_file():
@@ -333,6 +383,13 @@ def compute_store(
     entry, arg = plugins.registry("datasets").resolve(dataset)
     data = entry.factory(arg, **parse_pairs(dataset_options or [], "--dataset-option"))
     data.name = data.name or dataset
+    # Where the store goes, checked before the model loads: a full or read-only disk is told now.
+    store_dir = Path(out) if out else default_store_dir(root, target, data.name)
+    ensure_output_folder(store_dir, "--out" if out else "--exemplars")
+    if (store_dir / "manifest.json").exists() and not force:
+        raise UserError(
+            f"A store already exists at {store_dir}. Use --force to recompute it, or --out for another folder."
+        )
     spec = WorldSpec(
         target=target,
         target_options=parse_pairs(target_options or [], "--target-option"),
@@ -340,7 +397,7 @@ def compute_store(
         precision=precision,
         bases=parse_basis_specs(bases or []),
     )
-    tgt = load_target(spec)
+    tgt = target_object if target_object is not None else load_target(spec)
     if layers.strip() == "all":
         names = [i.name for i in tgt.layers()]
     else:
@@ -349,12 +406,6 @@ def compute_store(
             tgt.require_layer(name)
     if not names:
         raise UserError("Give the layers to compute: --layers L1,L2 or --layers all.")
-    store_dir = Path(out) if out else default_store_dir(root, target, data.name)
-    ensure_output_folder(store_dir, "--out" if out else "--exemplars")
-    if (store_dir / "manifest.json").exists() and not force:
-        raise UserError(
-            f"A store already exists at {store_dir}. Use --force to recompute it, or --out for another folder."
-        )
     if restart and (store_dir / ".checkpoint").exists():
         shutil.rmtree(store_dir / ".checkpoint")
     tgt.batch_size = batch_size
@@ -399,9 +450,13 @@ def compute_store(
         summary = job.run(update)
     summary["out"] = str(store_dir)
     summary["resumed"] = resumed
-    if not quiet:
-        skipped = (
-            f", {summary['skipped']} unreadable image(s) skipped" if summary["skipped"] else ""
-        )
-        print(f"wrote {store_dir}: {len(names)} layer(s) over {summary['images']} images{skipped}")
+    summary["layers"] = len(names)
+    if announce and not quiet:
+        print(store_summary(summary))
     return summary
+
+
+def store_summary(summary: dict[str, Any]) -> str:
+    """``wrote STORE: 2 layer(s) over 1000 images``, from what compute_store returns."""
+    skipped = f", {summary['skipped']} unreadable image(s) skipped" if summary["skipped"] else ""
+    return f"wrote {summary['out']}: {summary['layers']} layer(s) over {summary['images']} images{skipped}"
