@@ -70,6 +70,19 @@ def test_synthetic_create_into_a_folder_it_cannot_write_is_one_line(tmp_path, re
     assert not (frozen / "mine.json").exists()
 
 
+def test_synthetic_create_on_a_full_disk_is_one_line_and_keeps_the_set(small_disk):
+    disk = small_disk("1m")
+    set_file = disk.path / "mine.json"
+    set_file.write_text(json.dumps({"detector": "offline", "mono": ["zebra"]}))
+    before = set_file.read_bytes()
+    disk.fill(leave=0)
+    out = maia(
+        "synthetic", "create", "--set", str(set_file), "--mode", "mono", "--concepts", "lion"
+    )
+    one_line(out, f"The disk is full: writing {set_file} failed", "run the same command again")
+    assert set_file.read_bytes() == before
+
+
 # -- 5, 6. exemplars compute: full and read-only disks, and bounds -----------------------------
 
 
