@@ -24,91 +24,20 @@ STAMPS = Path("/usr/share/tuxpaint/stamps")
 needs_stamps = pytest.mark.skipif(not STAMPS.is_dir(), reason="Tux Paint stamps not installed")
 SIZE = 160  # small renders: the scores read the scenes' truth, not the pixels
 
-OTHER_COLOR = {"blue": "green", "red": "blue", "green": "red", "white": "purple", "yellow": "blue"}
-BACKGROUND_WORDS = {
-    "grass": "on grass",
-    "sand": "on sand",
-    "water": "on water",
-    "snow": "on snow",
-    "gravel": "on gravel",
-}
-OTHER_BACKGROUND = {
-    "grass": "on gravel",
-    "sand": "on grass",
-    "water": "on sand",
-    "snow": "on grass",
-}
-OPPOSITE = {"left": "right", "right": "left", "top": "bottom", "bottom": "top"}
-PLACE = {
-    "left": "on the left",
-    "right": "on the right",
-    "top": "at the top",
-    "bottom": "at the bottom",
-}
-
 
 def load(spec: str, **options):
     entry, arg = plugins.registry("targets").resolve(spec)
     return entry.factory(arg, device="cpu", **options)
 
 
-def phrases(obj: str, category: str, value: str) -> tuple[str, str]:
-    """Prompts for a render where the condition holds and one where it does not (the object
-    drawn in both). ``FLIP`` marks the one condition made with edit_images."""
-    a = f"a {obj}"
-    if category == "color":
-        return f"a {value} {obj}", f"a {OTHER_COLOR[value]} {obj}"
-    if category == "background":
-        return f"{a} {BACKGROUND_WORDS[value]}", f"{a} {OTHER_BACKGROUND[value]}"
-    if category == "background_color":
-        other = OTHER_COLOR[value]
-        return f"{a} on a plain {value} background", f"{a} on a plain {other} background"
-    if category == "size":
-        big, tiny = f"a huge {obj}", f"a tiny {obj}"
-        return (big, tiny) if value == "large" else (tiny, big)
-    if category == "position":
-        return f"{a} {PLACE[value]}", f"{a} {PLACE[OPPOSITE[value]]}"
-    if category == "count":
-        many = f"three {obj}"
-        return (many, a) if value == "several" else (a, many)
-    if category == "cooccurrence":
-        return f"{a} and a {value}", a
-    if category == "relation":
-        rel, other = (
-            value.split(" ", 1)
-            if not value.startswith(("left", "right"))
-            else (
-                " ".join(value.split(" ")[:2]),
-                value.split(" ", 2)[2],
-            )
-        )
-        flipped = {"above": "below", "below": "above", "left of": "right of", "right of": "left of"}
-        words = {
-            "above": "above",
-            "below": "below",
-            "left of": "to the left of",
-            "right of": "to the right of",
-        }
-        return f"{a} {words[rel]} a {other}", f"{a} {words[flipped[rel]]} a {other}"
-    if category == "orientation":
-        if value == "flipped":
-            return "FLIP", a
-        turned = f"an upside down {obj}"
-        return (a, turned) if value == "upright" else (f"{a} rotated 90 degrees", a)
-    if category == "grayscale":
-        grey = f"{a} in black and white"
-        return (grey, a) if value == "grayscale" else (a, grey)
-    if category == "quality":
-        blurry, noisy = f"a blurry {obj}", f"a noisy photo of a {obj}"
-        return {"blurred": (blurry, a), "noisy": (noisy, a), "sharp": (a, blurry)}[value]
-    if category == "shortcut":
-        marked = (
-            f"{a} with a red patch in the top left corner"
-            if value == "corner patch"
-            else f"{a} with a watermark"
-        )
-        return marked, a
-    raise AssertionError(category)
+def phrases(obj: str, condition: dict) -> tuple[str, str]:
+    """Prompts where the condition holds and where it does not; ``FLIP`` for a mirrored
+    object, which edit_images makes."""
+    from maia_plugins.targets.reliance_conditions import parse_condition
+    from maia_plugins.targets.reliance_prompts import condition_prompts
+
+    found = condition_prompts(obj, parse_condition(condition, "test"))
+    return found if found is not None else ("FLIP", f"a {obj}")
 
 
 # Pairs: (prompt where the model's condition holds, prompt where it does not).
@@ -187,8 +116,7 @@ def test_every_offline_model_on_renders_with_and_without_its_condition(world):
     for u in listing:
         obj = u["object"]
         if u["mode"] == "single":
-            value = u["value"]
-            yes, no = phrases(obj, u["category"], value)
+            yes, no = phrases(obj, u["conditions"][0])
             if yes == "FLIP":  # mirrored: a drawing and the same drawing flipped by edit_images
                 base = render(no)
                 [flipped], _ = edit.edit([images[base]], [f"flip the {obj}"], seed=1)

@@ -101,12 +101,12 @@ def test_other_images_fall_back_on_the_offline_detector_and_the_source_is_record
     [render], _ = t2i.generate(["a zebra"], 3)
     masked = target.system(units[("zebra",)]).call_neuron([render])[1][0]  # dimmed: other pixels
     offline = load("synthetic:offline", detector="offline")
-    for image in (photo, masked, render.resize((200, 200))):
-        for concepts in (("zebra",), ("cat",) if ("cat",) in units else ("dog",), ("red",)):
-            unit = units[concepts]
-            assert activations(target, [image], unit) == pytest.approx(
-                activations(offline, [image], unit), abs=1e-6
-            )
+    others = [photo, masked, render.resize((200, 200))]
+    for concepts in (("zebra",), ("dog",), ("red",)):
+        unit = units[concepts]
+        assert activations(target, others, unit) == pytest.approx(
+            activations(offline, others, unit), abs=1e-6
+        )
     scope = CallScope()
     with call_scope(scope):
         acts, shown = target.system(units[("zebra",)]).call_neuron([render, photo, render])

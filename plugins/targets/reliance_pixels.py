@@ -23,13 +23,13 @@ from maia_plugins.detectors.scene_truth import COLOR_NAMES, GRID, Instance, cell
 
 # Thresholds, set on scenes renders with and without each effect (bench_reliance.py --fallback).
 GREY_CHROMA = 0.08  # a pixel whose channels differ by more than this is coloured
-GREY_SHARE = 0.03  # a greyscale image has fewer coloured pixels than this
-NOISE_DETAIL = 0.12  # mean |Laplacian| of brightness above this: noise
-BLUR_RATIO = 0.3  # fine over coarse detail below this: blurred
-BLUR_DETAIL = 0.012  # ...when the coarse detail is at least this (a flat image is not blurred)
+GREY_SHARE = 0.002  # a greyscale image has fewer coloured pixels than this
+NOISE_RATIO = 0.7  # fine over coarse detail above this (noise does not survive pooling)...
+NOISE_DETAIL = 0.05  # ...with at least this much fine detail (mean |Laplacian| of brightness)
+BLUR_EDGE = 0.15  # the steepest brightness steps (99.9th percentile) of a blurred image: below
 PATCH_FLAT = 0.02  # a corner patch's colour varies less than this
-PATCH_APART = 0.2  # ...and differs from what is next to it by more than this
-MARK_SHARE = 0.012  # bright pixels next to dark ones, in the watermark's band, above this
+PATCH_APART = 0.2  # ...and differs from what is beyond it by more than this
+MARK_MATCH = 0.3  # the image's detail correlates at least this with the watermark's pattern
 TEXTURED = 0.05  # a background whose brightness varies more than this (3x3) is a texture
 # Plain backgrounds the scenes world draws for places it has no picture of.
 PLAIN_PLACES = {
@@ -116,6 +116,48 @@ def _laplacian(lum: torch.Tensor) -> torch.Tensor:
     return F.conv2d(lum[:, None], kernel.view(1, 1, 3, 3))[:, 0].abs().flatten(1).mean(1)
 
 
+# Source sizes the watermark's template is drawn at: its letters' pixel size is rounded per
+# size, so the view of each is matched and the best match counts.
+TEMPLATE_SIZES = (128, 160, 192, 224, 256, 320, 384, 512)
+_TEMPLATES: dict[tuple[int, int], list[tuple[torch.Tensor, tuple[slice, slice]]]] = {}
+
+
+def _watermark_templates(preprocess: Preprocess) -> list[tuple[torch.Tensor, tuple[slice, slice]]]:
+    """The scenes watermark as it falls in the view of square images of each of
+    :data:`TEMPLATE_SIZES`: its letters +1 and their outline -1, and the box it covers."""
+    key = tuple(preprocess.size)
+    if key not in _TEMPLATES:
+        from PIL import Image
+
+        from maia_plugins.datasets.scene_effects import Effect, apply
+
+        found = []
+        for side in TEMPLATE_SIZES:
+            grey = Image.new("RGB", (side, side), (128, 128, 128))
+            marked = apply(grey, [Effect.make("watermark")])
+            view = np.asarray(preprocess.view(marked).convert("L"), dtype=np.float32)
+            pattern = torch.from_numpy((view > 153).astype(np.float32) - (view < 102))
+            ys, xs = torch.nonzero(pattern != 0, as_tuple=True)
+            box = (slice(int(ys.min()), int(ys.max()) + 1), slice(int(xs.min()), int(xs.max()) + 1))
+            found.append((pattern, box))
+        _TEMPLATES[key] = found
+    return _TEMPLATES[key]
+
+
+def _watermark_score(lum: torch.Tensor, preprocess: Preprocess) -> torch.Tensor:
+    """Per row: the best correlation of the brightness with the watermark's pattern (bright
+    letters, dark outline) in its box: near 1 where the scenes watermark is."""
+    best = torch.full((lum.shape[0],), -1.0, device=lum.device)
+    for pattern, (ys, xs) in _watermark_templates(preprocess):
+        region = lum[:, ys, xs].flatten(1)
+        p = pattern.to(lum.device)[ys, xs].flatten()
+        region = region - region.mean(1, keepdim=True)
+        p = p - p.mean()
+        corr = (region @ p) / (region.norm(dim=1) * p.norm()).clamp_min(1e-6)
+        best = torch.maximum(best, corr)
+    return best
+
+
 def image_stats(x: torch.Tensor, preprocess: Preprocess) -> dict[str, torch.Tensor]:
     """Per row: the statistics the estimates read (each ``[B]`` or ``[B, ...]``)."""
     mean = torch.tensor(preprocess.mean, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
@@ -125,18 +167,14 @@ def image_stats(x: torch.Tensor, preprocess: Preprocess) -> dict[str, torch.Tens
     chroma = rgb.amax(1) - rgb.amin(1)
     coarse = F.avg_pool2d(lum[:, None], 2)[:, 0]
     H, W = lum.shape[-2:]
-    # the watermark's band (lower middle of the image) and a band above it, for reference
-    bright = lum > 0.8
-    dark = F.max_pool2d((lum < 0.3).float()[:, None], 5, stride=1, padding=2)[:, 0] > 0
-    strokes = (bright & dark).float()
-    band = strokes[:, int(0.74 * H) : int(0.9 * H), int(0.25 * W) : int(0.75 * W)].flatten(1)
-    ref = strokes[:, int(0.45 * H) : int(0.61 * H), int(0.25 * W) : int(0.75 * W)].flatten(1)
-    k = max(4, round(0.055 * min(H, W)))  # a corner block inside the smallest patch
+    steps = (lum[:, :, 1:] - lum[:, :, :-1]).abs().flatten(1)
+    # a corner block inside the smallest patch, and one beyond the largest along each side
+    k = max(4, round(0.05 * min(H, W)))
     corners = []
     for sy, sx in ((0, 0), (0, W - k), (H - k, 0), (H - k, W - k)):
         block = rgb[:, :, sy : sy + k, sx : sx + k].flatten(2)
-        ry0, rx0 = (k if sy == 0 else H - 2 * k), (k if sx == 0 else W - 2 * k)
-        ring = torch.cat(
+        ry0, rx0 = (4 * k if sy == 0 else H - 5 * k), (4 * k if sx == 0 else W - 5 * k)
+        beyond = torch.cat(
             [
                 rgb[:, :, ry0 : ry0 + k, sx : sx + k].flatten(2),
                 rgb[:, :, sy : sy + k, rx0 : rx0 + k].flatten(2),
@@ -144,20 +182,19 @@ def image_stats(x: torch.Tensor, preprocess: Preprocess) -> dict[str, torch.Tens
             2,
         )
         flat = block.std(2).amax(1) < PATCH_FLAT
-        apart = (block.mean(2) - ring.mean(2)).abs().amax(1) > PATCH_APART
+        apart = (block.mean(2) - beyond.mean(2)).abs().amax(1) > PATCH_APART
         corners.append(flat & apart)
-    fine_lum = F.avg_pool2d(lum[:, None], 2)[:, 0]
     local = (
-        F.avg_pool2d(fine_lum[:, None] ** 2, 3, 1, 1)[:, 0]
-        - F.avg_pool2d(fine_lum[:, None], 3, 1, 1)[:, 0] ** 2
+        F.avg_pool2d(coarse[:, None] ** 2, 3, 1, 1)[:, 0]
+        - F.avg_pool2d(coarse[:, None], 3, 1, 1)[:, 0] ** 2
     )
     texture = F.adaptive_avg_pool2d(local.clamp_min(0).sqrt()[:, None], (GRID, GRID))[:, 0]
     return {
         "coloured": (chroma > GREY_CHROMA).float().flatten(1).mean(1),
         "fine": _laplacian(lum),
         "coarse": _laplacian(coarse),
-        "mark": band.mean(1),
-        "mark_ref": ref.mean(1),
+        "edge": torch.quantile(steps, 0.999, dim=1),
+        "mark": _watermark_score(lum, preprocess),
         "patch": torch.stack(corners, 1).any(1),
         "texture": texture,
         "rgb": F.adaptive_avg_pool2d(rgb, (GRID, GRID)),
@@ -187,14 +224,13 @@ def pixel_facts(
         if float(stats["coloured"][b]) < GREY_SHARE:
             effects["grayscale"] = {}
         fine, coarse = float(stats["fine"][b]), float(stats["coarse"][b])
-        if fine > NOISE_DETAIL:
+        if fine >= NOISE_DETAIL and fine > NOISE_RATIO * coarse:
             effects["noise"] = {}
-        elif coarse >= BLUR_DETAIL and fine / coarse < BLUR_RATIO:
+        elif float(stats["edge"][b]) < BLUR_EDGE:
             effects["blur"] = {}
         if bool(stats["patch"][b]):
             effects["patch"] = {}
-        mark, ref = float(stats["mark"][b]), float(stats["mark_ref"][b])
-        if mark > MARK_SHARE and mark > 3 * ref:
+        if float(stats["mark"][b]) > MARK_MATCH:
             effects["watermark"] = {}
         detected = {c: (float(scores_np[b, j]), masks_np[b, j]) for j, c in enumerate(concepts)}
         covered = np.zeros((GRID, GRID), dtype=bool)
