@@ -30,6 +30,17 @@ def maia(
     )
 
 
+def one_line(out: subprocess.CompletedProcess, *needles: str) -> str:
+    """Assert a command failed on bad input as maia must: exit code 2 and one line on stderr,
+    no traceback, holding each of ``needles``. Returns the line."""
+    assert out.returncode == 2, out.stdout + out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in out.stderr, out.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
 @pytest.fixture(scope="session")
 def thirdparty(tmp_path_factory) -> Path:
     """The toynet-maia distribution, installed with pip into a temporary folder.

@@ -10,22 +10,13 @@ import json
 
 import pytest
 
-from conftest import maia, make_photo_folder, write_replay
+from conftest import maia, make_photo_folder, one_line, write_replay
 from maia_core.errors import UserError
 from maia_core.loop.run import RunConfig, run
 
 pytest_plugins = ["small_disk"]  # small_disk, read_only, failing_writes
 
 FINAL = "[DESCRIPTION]: anything\n[LABEL]: anything"
-
-
-def one_line(out, *needles) -> str:
-    assert out.returncode == 2, out.stdout + out.stderr
-    lines = out.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in out.stderr, out.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
 
 
 # -- 7. synthetic create changes the set file only when it succeeds ---------------------------

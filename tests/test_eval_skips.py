@@ -15,7 +15,7 @@ import subprocess
 
 import pytest
 
-from conftest import MAIA, maia, write_replay
+from conftest import MAIA, maia, one_line, write_replay
 from maia_core.errors import UserError
 
 pytest_plugins = ["small_disk"]  # small_disk, read_only, failing_writes
@@ -35,15 +35,6 @@ def write_result(folder, raw: str | None = None, **fields):
     }
     (folder / "result.json").write_text(raw if raw is not None else json.dumps(result))
     return folder
-
-
-def one_line(out, *needles) -> str:
-    assert out.returncode == 2, out.stdout + out.stderr
-    lines = out.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in out.stderr, out.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
 
 
 def test_eval_skips_names_and_counts_the_units_it_cannot_score(thirdparty_env, tmp_path):
