@@ -468,3 +468,92 @@ def test_a_users_set_file_is_read_by_the_host_once_and_its_hash_recorded(tmp_pat
     assert saved["provenance"] == {"set": str(user_set), "sha256": digest}
     assert saved["ground_truth"]["concepts"] == ["red"]
     assert saved["containment"].startswith("contained by bubblewrap")
+
+
+# -- results files are data --------------------------------------------------------------------
+
+
+def _result(folder: Path, signed: bool = True, **fields) -> Path:
+    from maia_core.signing import sign
+
+    folder.mkdir(parents=True, exist_ok=True)
+    result = {"target": "toynet", "backbone": "b", "layer": "conv2", "unit": 0,
+              "status": "completed", "label": "red", "description": "red things", **fields}  # fmt: skip
+    (folder / "result.json").write_text(json.dumps(sign(result) if signed else result))
+    return folder
+
+
+def test_maia_eval_runs_no_code_a_results_file_names_and_scores_only_what_maia_wrote(
+    thirdparty_env, tmp_path
+):
+    from conftest import maia
+
+    results = tmp_path / "r"
+    marker = tmp_path / "pwned"
+    command = {"cmd": f"touch {marker}"}
+    planted_python = _result(
+        results / "b" / "python" / "x" / "0",
+        signed=False,
+        target="python:subprocess:getoutput",
+        target_options=command,
+    )
+    signed_python = _result(
+        results / "b" / "python" / "x" / "1",
+        unit=1,
+        target="python:subprocess:getoutput",
+        target_options=command,
+    )
+    planted = _result(results / "b" / "toynet" / "conv2" / "1", signed=False, unit=1)
+    good = _result(results / "b" / "toynet" / "conv2" / "0")
+    # a planted eval.json that would make a wrong label score perfectly
+    (planted / "eval.json").write_text(json.dumps({"predictive": {"auc": 1.0}}))
+    (good / "eval.json").write_text(
+        json.dumps({"backbone": "b", "target": "toynet", "layer": "conv2", "unit": 0,
+                    "label": "red", "predictive": {"auc": 1.0, "mean_pos": 9.0}})
+    )  # fmt: skip
+    env = {**thirdparty_env, "ANTHROPIC_API_KEY": SECRET}
+    out = maia("eval", str(results), "--device", "cpu", env=env)
+    assert out.returncode == 1, out.stderr
+    assert not marker.exists(), "a results file made maia eval run a command"
+    lines = [ln for ln in out.stderr.splitlines() if ln.startswith("maia eval: skipped ")]
+    assert any(str(planted_python) in ln and "no valid signature" in ln for ln in lines)
+    assert any(str(planted) in ln and "no valid signature" in ln for ln in lines)
+    assert any(
+        str(signed_python) in ln
+        and "runs no code a results file names" in ln
+        and "--target python:subprocess:getoutput" in ln
+        for ln in lines
+    )
+    # the good unit was scored anew: its planted eval.json was not reused, and the new one
+    # is signed for this result
+    scored = json.loads((good / "eval.json").read_text())
+    assert scored["predictive"]["mean_pos"] != 9.0 and "signature" in scored
+    assert json.loads((planted / "eval.json").read_text()) == {"predictive": {"auc": 1.0}}
+    # a second evaluation reuses what the first signed
+    before = (good / "eval.json").read_text()
+    again = maia("eval", str(results), "--device", "cpu", env=env)
+    assert again.returncode == 1 and (good / "eval.json").read_text() == before
+
+
+def test_maia_eval_scores_the_truth_the_run_recorded_and_notices_a_changed_set(tmp_path):
+    from maia_core.loop.run import RunConfig, run
+    from maia_plugins.evaluation.evaluate import Skipped, evaluate
+
+    user_set = tmp_path / "mine.json"
+    user_set.write_text(json.dumps({"detector": "offline", "mono": ["red", "blue"]}))
+    replay = write_replay(tmp_path / "t.json", ["[DESCRIPTION]: red\n[LABEL]: red"])
+    config = RunConfig(
+        target=f"synthetic:{user_set}", units="mono=0-1", backbone=f"replay:{replay}",
+        results=tmp_path / "results", reporters=["json"], device="cpu",
+    )  # fmt: skip
+    run(config)
+    skipped: list[Skipped] = []
+    records = evaluate([tmp_path / "results"], device="cpu", n=2, on_skip=skipped.append)
+    truths = {r["unit"]: r["ground_truth"] for r in records}
+    assert truths[0]["exact"] is True and truths[1]["exact"] is False and not skipped
+    # the set changes after the run: its units are not scored against the new truth
+    user_set.write_text(json.dumps({"detector": "offline", "mono": ["blue", "red"]}))
+    records = evaluate(
+        [tmp_path / "results"], device="cpu", n=2, force=True, on_skip=skipped.append
+    )
+    assert len(skipped) == 2 and all("changed since the run" in s.reason for s in skipped)

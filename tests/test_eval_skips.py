@@ -17,6 +17,7 @@ import pytest
 
 from conftest import MAIA, maia, one_line, write_replay
 from maia_core.errors import UserError
+from maia_core.signing import sign
 
 pytest_plugins = ["small_disk"]  # small_disk, read_only, failing_writes
 
@@ -33,7 +34,8 @@ def write_result(folder, raw: str | None = None, **fields):
         "description": "red things",
         **fields,
     }
-    (folder / "result.json").write_text(raw if raw is not None else json.dumps(result))
+    # signed as maia run signs it (the user's key): eval scores only what maia wrote
+    (folder / "result.json").write_text(raw if raw is not None else json.dumps(sign(result)))
     return folder
 
 

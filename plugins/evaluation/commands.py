@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from maia_core import hookimpl
+from maia_core import hookimpl, plugins
 from maia_core.errors import UserError
 from maia_core.files import full_disk_stops
 
@@ -71,6 +71,19 @@ def register_commands(cli):
             "--out",
             help="Where the table, plots and eval.html go (default: the first results folder).",
         ),
+        target: str | None = typer.Option(
+            None,
+            "--target",
+            help="Rebuild this target (as recorded in the results) from this spec yourself: needed for python: targets, which maia eval never imports from a results file.",
+        ),
+        target_option: list[str] = typer.Option(
+            [], "--target-option", help="KEY=VALUE for --target, as for maia run."
+        ),
+        results_key: Path | None = typer.Option(
+            None,
+            "--results-key",
+            help="The key that signed the results (default: yours, ~/.local/state/maia/results.key); for results written under another account.",
+        ),
     ) -> None:
         """Score every finished unit's label: predictively, and against ground truth where known."""
         skipped: list[Any] = []
@@ -90,6 +103,9 @@ def register_commands(cli):
                 seed=seed,
                 out=out,
                 skipped=skipped,
+                target=target,
+                target_options=target_option,
+                results_key=results_key,
             )
         except KeyboardInterrupt:
             sys.stderr.write(EVAL_INTERRUPTED)
@@ -216,6 +232,9 @@ def run_eval(
     out: Path | None = None,
     quiet: bool = False,
     skipped: list[Any] | None = None,
+    target: str | None = None,
+    target_options: list[str] | None = None,
+    results_key: Path | None = None,
 ) -> list[dict[str, Any]]:
     """``maia eval`` as a function: score, then write ``eval.csv``, the plots and ``eval.html``.
 
@@ -247,6 +266,15 @@ def run_eval(
         text2image = impl.strip()
     prompts = prompts or ("llm" if evaluator else "template")
     check_options(prompts, bool(evaluator), n)
+    from maia_core import signing
+
+    key = signing.load_key(results_key, create=results_key is None)
+    targets = {}
+    if target is not None:
+        plugins.registry("targets").resolve(target)  # an unknown target fails at once
+        targets[target] = parse_pairs(target_options or [], "--target-option")
+    elif target_options:
+        raise UserError("--target-option needs --target: give the target it is for.")
     results = check_folders(results)  # before --out is created, which may be one of them
     out = ensure_output_folder(out or results[0], "--out")
     backbone = None
@@ -274,6 +302,8 @@ def run_eval(
             seed=seed,
             progress=lambda what: console.print(f"[dim]evaluating {what}[/]", highlight=False),
             on_skip=on_skip,
+            key=key,
+            targets=targets,
         )
     finally:
         if backbone is not None:

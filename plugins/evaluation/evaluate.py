@@ -137,11 +137,15 @@ def check_folders(folders: Iterable[str | Path]) -> list[Path]:
 
 
 def find_units(
-    folders: Iterable[str | Path], on_skip: Callable[[Skipped], None] | None = None
+    folders: Iterable[str | Path],
+    on_skip: Callable[[Skipped], None] | None = None,
+    key: bytes | None = None,
 ) -> list[tuple[Path, dict[str, Any]]]:
     """Every unit folder with a ``result.json`` under ``folders``, sorted, with its result.
-    A folder whose name is not text, or whose ``result.json`` maia did not write, is handed
-    to ``on_skip``."""
+    A folder whose name is not text, or whose ``result.json`` maia did not write (no valid
+    signature by ``key``, the user's own by default), is handed to ``on_skip``."""
+    from maia_core import signing
+
     found: dict[Path, dict[str, Any]] = {}
     skipped: dict[Path, Skipped] = {}
     folders = check_folders(folders)
@@ -153,6 +157,12 @@ def find_units(
                 reason = "its name is not text (undecodable bytes or a control character); rename the folder to score it"
             elif result is None:
                 reason = "its result.json is not a JSON object maia wrote"
+            elif not signing.verified(result, key):
+                reason = (
+                    "its result.json was not written by maia run here (no valid signature): it "
+                    "is treated as data and not scored; for results written under another "
+                    "account, pass that account's key with --results-key"
+                )
             elif not (
                 isinstance(result.get("unit"), int)
                 and not isinstance(result.get("unit"), bool)
@@ -506,10 +516,20 @@ def evaluate(
     seed: int = 0,
     progress: Callable[[str], None] | None = None,
     on_skip: Callable[[Skipped], None] | None = None,
+    key: bytes | None = None,
+    targets: dict[str, dict[str, str]] | None = None,
 ) -> list[dict[str, Any]]:
     """Score the units under ``folders``; returns every unit's record (old and new). Units
-    that cannot be scored go to ``on_skip`` and are not scored; the others are."""
+    that cannot be scored go to ``on_skip`` and are not scored; the others are.
+
+    Every file under ``folders`` is data. A unit is scored only when its ``result.json`` is
+    signed (``key``: the user's own by default); its target is rebuilt from that record,
+    except a ``python:`` target, which names code to import: that one only from ``targets``
+    (``--target`` on the command line: spec -> options). Ground truth comes from the record,
+    and a set file that changed since the run stops its units. An ``eval.json`` is reused
+    only when this evaluation signed it, for this ``result.json``."""
     check_options(prompts, evaluator is not None, n)
+    targets = targets or {}
 
     def skip(unit_dir: Path, result: dict[str, Any] | None, reason: str) -> None:
         if result is not None:
@@ -518,21 +538,34 @@ def evaluate(
             on_skip(Skipped(unit_dir, reason))
 
     records: list[dict[str, Any]] = []
-    units = find_units(folders, on_skip)
+    units = find_units(folders, on_skip, key)
     if chunk_spec:
         units = chunk(units, *parse_chunk(chunk_spec))
     todo: dict[tuple, list[tuple[Path, dict[str, Any]]]] = {}
     for unit_dir, result in units:
-        existing = _read_eval(unit_dir)
+        existing = _read_eval(unit_dir, result, key)
         if existing is not None and not force:
             records.append(existing)
         elif result.get("status") == "completed" and result.get("label"):
-            key = (
-                result.get("target"),
-                json.dumps(result.get("target_options") or {}, sort_keys=True),
+            target = str(result.get("target"))
+            options = result.get("target_options") or {}
+            if target in targets:
+                options = targets[target] or options
+            elif target.startswith("python:"):
+                skip(
+                    unit_dir,
+                    result,
+                    f"its target {target} names code to import, and maia eval runs no code a "
+                    f"results file names; to score it, pass the target yourself: --target {target} "
+                    "(with --target-option KEY=VALUE as for maia run)",
+                )
+                continue
+            group = (
+                target,
+                json.dumps(options, sort_keys=True),
                 json.dumps(result.get("bases") or []),
             )
-            todo.setdefault(key, []).append((unit_dir, result))
+            todo.setdefault(group, []).append((unit_dir, result))
         else:
             records.append(_record(unit_dir, result))  # listed, not scored
     # Where eval.json goes must be writable: told now, not after an hour of scoring.
@@ -568,7 +601,18 @@ def evaluate(
                 skip(unit_dir, result, f"its target {target} cannot be loaded: {exc.message}")
             continue
         try:
+            now = ev.host.provenance()
             for unit_dir, result in group:
+                then = result.get("provenance") or {}
+                if then.get("sha256") != now.get("sha256"):
+                    skip(
+                        unit_dir,
+                        result,
+                        f"the set file {now.get('set') or then.get('set')} changed since the run "
+                        "(its SHA-256 differs from the one recorded), so its ground truth is not "
+                        "the run's; restore the file, or run the units again",
+                    )
+                    continue
                 if progress:
                     progress(
                         f"{result.get('backbone')} {target} {result['layer']}={result['unit']}"
@@ -583,6 +627,7 @@ def evaluate(
                             n=n,
                             seed=seed,
                             evaluator=evaluator,
+                            key=key,
                         )
                     )
                 except CannotScore as exc:
@@ -592,13 +637,20 @@ def evaluate(
     return records
 
 
-def _read_eval(unit_dir: Path) -> dict[str, Any] | None:
+def _read_eval(
+    unit_dir: Path, result: dict[str, Any], key: bytes | None = None
+) -> dict[str, Any] | None:
+    """The unit's ``eval.json``, if an evaluation signed it for this very ``result.json``;
+    anything else there (planted, stale, edited) is scored again."""
+    from maia_core import signing
+
     try:
         data = json.loads((unit_dir / "eval.json").read_text())
     except (OSError, ValueError):
         return None
-    if not isinstance(data, dict):
+    if not signing.verified(data, key) or data.get("result") != signing.fingerprint(result):
         return None
+    data = {k: v for k, v in data.items() if k != signing.FIELD}
     data["_dir"] = str(unit_dir)
     return data
 
@@ -632,7 +684,10 @@ def score_unit(
     n: int,
     seed: int,
     evaluator: Any,
+    key: bytes | None = None,
 ) -> dict[str, Any]:
+    from maia_core import signing
+
     record = _record(unit_dir, result)
     unit = Unit(result["layer"], result["unit"])
     ev.check(unit)
@@ -642,13 +697,14 @@ def score_unit(
     thumbs = predictive.pop("_thumbnails")
     record["predictive"] = predictive
     record["thumbnails"] = {k: thumbnail(v) for k, v in thumbs.items()}
-    truth = ev.host.ground_truth(unit)
-    if truth is not None:
+    # The truth the run recorded (signed with the result), not the set file as it is now.
+    truth = result.get("ground_truth")
+    if isinstance(truth, dict):
         record["ground_truth"] = ev.ground_truth(unit, label, truth, s)
+    saved = {k: v for k, v in record.items() if not k.startswith("_")}
+    saved["result"] = signing.fingerprint(result)
     try:
-        atomic_write_json(
-            unit_dir / "eval.json", {k: v for k, v in record.items() if not k.startswith("_")}
-        )
+        atomic_write_json(unit_dir / "eval.json", signing.sign(saved, key))
     except OSError as exc:
         if no_space(exc):
             raise  # a full disk stops the evaluation, with one line
