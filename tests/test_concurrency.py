@@ -211,9 +211,13 @@ def test_a_killed_kernel_or_host_is_replaced_and_every_unit_completes(
     texts = "\n".join(m.text for i in invs for m in i.messages)
     if victim == "host":
         assert loads(tmp_path / "results") == 2  # loaded again once
-        assert "model host could not answer this call" in texts
+        assert "model host could not answer this call: its connection closed" in texts
+        assert "being restarted" not in texts  # it says what happened, not a guess
     else:
         assert sum(i.result.sandbox_restarts for i in invs) == 1
+        # an outside kill is told as one, not as the code ending its process
+        assert "was killed with SIGKILL (by the system" in texts
+        assert "as os._exit does" not in texts
 
 
 def test_a_429_slows_every_investigation_and_all_finish(with_thirdparty, tmp_path, monkeypatch):
