@@ -78,7 +78,7 @@ def test_first_offline_run_writes_every_report(first_run):
             for p in m["parts"]
         )
         assert outputs.count("exemplar: activation") == 15
-        assert "chelsea: activation" in texts and "control activations:" in texts
+        assert "a zebra on grass: activation" in texts and "control activations:" in texts
         assert sum(p["type"] == "image" for m in history["messages"] for p in m["parts"]) == 15 + 5
         report = (d / "report.html").read_text()
         assert report.count("<img") == 20 and report.count("<figcaption>exemplar: activation") == 15
