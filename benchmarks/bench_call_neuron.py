@@ -13,19 +13,26 @@ interleaved so drift hits both equally:
 
 The budget: call_neuron throughput >= 0.9 of the bare forward pass. Random weights
 (``pretrained=false``) unless ``--pretrained``: the speed is the same.
+
+This process runs with maia's allocator settings (``maia_core.allocator``), as the model host
+does, so the bare forward pass is the fastest this machine does; the same pass with glibc's
+default settings, in a fresh process (``bench_forward.py``), is printed after it.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
 import numpy as np
 import torch
+from bench_forward import print_gain
 from PIL import Image
 
 from maia_core import plugins
+from maia_core.allocator import tune_malloc
 from maia_core.units import Unit
 
 
@@ -44,6 +51,7 @@ def main() -> None:
     p.add_argument("--precision", default="fp32")
     p.add_argument("--pretrained", action="store_true")
     args = p.parse_args()
+    tuned = tune_malloc()
 
     entry, arg = plugins.registry("targets").resolve(args.target)
     options = {} if args.pretrained else {"pretrained": "false"}
@@ -87,6 +95,9 @@ def main() -> None:
         f"{args.target} on {dev} ({torch.cuda.get_device_name(dev) if dev.type == 'cuda' else 'CPU'}), "
         f"{args.precision}, batch {args.batch}, {args.batches} batches, torch {torch.__version__}"
     )
+    print(
+        f"allocator: {tuned or 'glibc default (not glibc?)'}; load average {os.getloadavg()[0]:.1f}"
+    )
     print(f"{'run':<22} {'images/s':>9} {'x forward':>10}")
     for name, ts in times.items():
         ips = args.batch / statistics.median(ts)
@@ -102,6 +113,13 @@ def main() -> None:
     print(
         f"\nslowest call_neuron at {worst:.2f} of the bare forward pass: {'within' if worst >= 0.9 else 'UNDER'} the 0.9 budget"
     )
+    if dev.type == "cpu":
+        print_gain(
+            args.target,
+            args.batch,
+            base,
+            target_options=tuple(f"{k}={v}" for k, v in options.items()),
+        )
 
 
 if __name__ == "__main__":

@@ -17,12 +17,17 @@ so decoding is real work) is read through the same DataLoader both ways, side by
 ``--memory`` also runs the computation on 1x and 4x the images in fresh processes and prints
 their peak resident memory, which must not grow with the dataset. On a GPU pass
 ``--target resnet152 --layers layer1,layer2,layer3,layer4 --batch 128 --device cuda``.
+
+This process runs with maia's allocator settings (``maia_core.allocator``), as ``maia
+exemplars compute`` does; the bare forward pass with glibc's default settings, in a fresh
+process (``bench_forward.py``), is printed next to ``model only``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -33,9 +38,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from bench_forward import print_gain
 from PIL import Image
 
 from maia_core import plugins
+from maia_core.allocator import tune_malloc
 from maia_core.torch_runtime.exemplars import ComputeConfig, ExemplarComputation, _to_batch
 
 
@@ -60,9 +67,13 @@ def make_jpegs(folder: Path, n: int, seed: int = 0) -> None:
         crop.save(folder / f"{i:05d}.jpg", quality=90)
 
 
+def options_for(target_spec: str) -> tuple[str, ...]:
+    return () if target_spec == "efficientnet_lite0" else ("pretrained=false",)
+
+
 def load(target_spec: str, device: str, batch: int):
     entry, arg = plugins.registry("targets").resolve(target_spec)
-    options = {} if target_spec == "efficientnet_lite0" else {"pretrained": "false"}
+    options = dict(o.split("=", 1) for o in options_for(target_spec))
     target = entry.factory(arg, device=device, batch_size=batch, **options)
     target.layers()
     return target
@@ -96,6 +107,7 @@ def main() -> None:
     p.add_argument("--memory", action="store_true")
     p.add_argument("--peak-of", help=argparse.SUPPRESS)  # internal: one run, print peak RSS
     args = p.parse_args()
+    tuned = tune_malloc()
     layers = args.layers.split(",")
 
     if args.peak_of:
@@ -176,6 +188,9 @@ def main() -> None:
         print(
             f"{args.target} on {dev}, {args.images} JPEGs at 256 px, batch {args.batch}, {args.workers} workers, layers {args.layers}, torch {torch.__version__}"
         )
+        print(
+            f"allocator: {tuned or 'glibc default (not glibc?)'}; load average {os.getloadavg()[0]:.1f}"
+        )
         print(f"{'run':<18} {'images/s':>9} {'x bare forward':>15}")
         rates = {}
         for name, ts in times.items():
@@ -194,6 +209,13 @@ def main() -> None:
             f"end to end {rates['exemplars']:.1f} images/s with decoding; the bottleneck is {bottleneck} "
             f"(loading alone {rates['loading only']:.1f}/s, model alone {rates['model only']:.1f}/s)"
         )
+        if dev.type == "cpu":
+            print_gain(
+                args.target,
+                args.batch,
+                rates["model only"],
+                target_options=options_for(args.target),
+            )
 
         if args.memory:
             print("\npeak resident memory of a whole computation, in a fresh process:")

@@ -14,7 +14,10 @@ the Tux Paint stamps):
   AND neuron, everything included (preprocessing, detection, CAM refinement, maps, masks,
   masked PIL images).
 
-The goal: every call_neuron within 1.2x the bare forward pass (a ratio of time, <= 1.20).
+The goal: every call_neuron at least 0.9 of the bare forward pass's images/s (issue 18; it was
+within 1.2x its time). This process runs with maia's allocator settings
+(``maia_core.allocator``), as the model host does; the bare forward pass with glibc's default
+settings, in a fresh process (``bench_forward.py``), is printed after the table.
 
 ``--grounded-sam`` measures the ``grounded-sam`` detector (Grounding DINO tiny + SAM ViT-H)
 on a CUDA GPU: call_neuron images/s for a mono and an AND neuron and the peak GPU memory. It
@@ -24,15 +27,18 @@ needs the weights in the Hugging Face cache and exits with a message without CUD
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
 
 import numpy as np
 import torch
+from bench_forward import print_gain
 from PIL import Image
 
 from maia_core import plugins
+from maia_core.allocator import tune_malloc
 from maia_core.units import Unit
 
 
@@ -116,6 +122,7 @@ def offline(args: argparse.Namespace) -> None:
         f"synthetic:offline on {dev} ({where}), batch {args.batch}, {args.batches} batches, "
         f"torch {torch.__version__}"
     )
+    print(f"allocator: {tune_malloc() or 'glibc default'}; load average {os.getloadavg()[0]:.1f}")
     print(f"{'run':<32} {'images/s':>9} {'time / forward':>15} {'best / best':>12}")
     for name, ts in times.items():
         t = statistics.median(ts)
@@ -123,11 +130,13 @@ def offline(args: argparse.Namespace) -> None:
     calls = {n: ts for n, ts in times.items() if n.startswith("call_neuron")}
     ratio = max(statistics.median(ts) for ts in calls.values()) / base
     best = max(min(ts) for ts in calls.values()) / best_base
-    verdict = "within" if ratio <= 1.2 else "OVER"
+    verdict = "within" if 1 / ratio >= 0.9 else "UNDER"
     print(
-        f"\nslowest call_neuron takes {ratio:.2f}x the bare forward pass (medians; {best:.2f}x "
-        f"best against best): {verdict} the 1.2x goal"
+        f"\nslowest call_neuron at {1 / ratio:.2f} of the bare forward pass's images/s, "
+        f"{ratio:.2f}x its time (medians; {best:.2f}x best against best): {verdict} the 0.9 goal"
     )
+    if dev.type == "cpu":
+        print_gain("efficientnet_lite0", args.batch, args.batch / base)
 
 
 def grounded_sam(args: argparse.Namespace) -> None:
@@ -165,6 +174,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--grounded-sam", action="store_true")
     args = p.parse_args()
+    tune_malloc()
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.grounded_sam:
