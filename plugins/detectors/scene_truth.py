@@ -115,11 +115,14 @@ class ViewTruth:
                 self._items.popitem(last=False)
         return found
 
-    def facts(self, x: torch.Tensor, matcher: ConceptMatcher) -> list[SceneFacts | None]:
-        """The facts of each row of ``x``, or None where it has no annotation."""
+    def facts(
+        self, x: torch.Tensor, matcher: ConceptMatcher, keys: list[bytes] | None = None
+    ) -> list[SceneFacts | None]:
+        """The facts of each row of ``x`` (whose :func:`view_keys` may be given), or None
+        where it has no annotation."""
         if not self._items:
             return [None] * x.shape[0]
-        keys = view_keys(x, self.preprocess)
+        keys = keys if keys is not None else view_keys(x, self.preprocess)
         with self._lock:
             entries = [self._items.get(k) for k in keys]
         out: list[SceneFacts | None] = []
@@ -141,17 +144,30 @@ class ViewTruth:
 # -- colours ----------------------------------------------------------------------------------
 
 
+def to_grid(x: torch.Tensor) -> torch.Tensor:
+    """``[B, C, H, W]`` averaged over the cells of the GRID x GRID grid (a plain average pool
+    when the grid divides the image, as 224 px views; adaptive otherwise)."""
+    h, w = x.shape[-2:]
+    if h % GRID == 0 and w % GRID == 0:
+        return F.avg_pool2d(x, (h // GRID, w // GRID))
+    return F.adaptive_avg_pool2d(x, (GRID, GRID))
+
+
 def cell_colors(x: torch.Tensor, preprocess: Preprocess) -> np.ndarray:
     """Each cell of the GRID x GRID grid over each row's view: the index of its colour in
     :data:`COLOR_NAMES` by the offline detector's rules, or -1. ``[B, GRID, GRID]``."""
-    from maia_plugins.detectors.offline import color_masks
-
     mean = torch.tensor(preprocess.mean, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
     std = torch.tensor(preprocess.std, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
-    rgb = (F.adaptive_avg_pool2d(x.float(), (GRID, GRID)) * std + mean).clamp(0.0, 1.0)
-    masks = color_masks(rgb, COLOR_NAMES)  # [B, 11, G, G], at most one true per cell
-    index = torch.where(masks.any(1), masks.float().argmax(1), torch.full_like(rgb[:, 0], -1))
-    return index.long().cpu().numpy()
+    return grid_colors((to_grid(x.float()) * std + mean).clamp(0.0, 1.0))
+
+
+def grid_colors(rgb: torch.Tensor) -> np.ndarray:
+    """:func:`cell_colors` of a grid of RGB cells in [0, 1], ``[B, 3, G, G]``."""
+    from maia_plugins.detectors.offline import color_masks
+
+    masks = color_masks(rgb, COLOR_NAMES).float()  # [B, 11, G, G], at most one true per cell
+    order = torch.arange(1, len(COLOR_NAMES) + 1, dtype=torch.float32, device=rgb.device)
+    return ((masks * order.view(1, -1, 1, 1)).sum(1) - 1).long().cpu().numpy()
 
 
 _BASE_COLORS: dict[str, str | None] = {}
@@ -352,7 +368,7 @@ def view_mask(mask: np.ndarray, preprocess: Preprocess) -> np.ndarray:
     im = Image.fromarray(np.asarray(mask, dtype=np.uint8) * 255, "L")
     view = np.asarray(preprocess.view(im))[..., 0].astype(np.float32) / 255.0
     t = torch.from_numpy(np.ascontiguousarray(view))[None, None]
-    return F.adaptive_avg_pool2d(t, (GRID, GRID))[0, 0].numpy()
+    return to_grid(t)[0, 0].numpy()
 
 
 def _patch_cells(effect: dict[str, Any], size: int, preprocess: Preprocess) -> np.ndarray:

@@ -32,7 +32,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from maia_core.options import as_float, reject_unknown
@@ -40,7 +39,13 @@ from maia_core.tools import current_scope
 from maia_core.torch_runtime.detector import Detector
 from maia_core.torch_runtime.target import Preprocess
 from maia_plugins.detectors import vocabulary
-from maia_plugins.detectors.scene_truth import GRID, ConceptMatcher, SceneFacts, ViewTruth
+from maia_plugins.detectors.scene_truth import (
+    GRID,
+    ConceptMatcher,
+    SceneFacts,
+    ViewTruth,
+    to_grid,
+)
 
 # The offline detector's input (EfficientNet-Lite0's), known without loading it.
 LITE0_PREPROCESS = Preprocess(
@@ -104,9 +109,10 @@ class ScenesDetector(Detector):
             return [False] * len(images)
         return self.note(x, [self.registry.get(_rgb(img)) for img in images])
 
-    def facts(self, x: torch.Tensor) -> list[SceneFacts | None]:
-        """Each row's :class:`SceneFacts`, or None where it has no annotation."""
-        return self.truth.facts(x, self.matcher)
+    def facts(self, x: torch.Tensor, keys: list[bytes] | None = None) -> list[SceneFacts | None]:
+        """Each row's :class:`SceneFacts`, or None where it has no annotation (``keys``: the
+        rows' :func:`~.scene_truth.view_keys`, when the caller has them)."""
+        return self.truth.facts(x, self.matcher, keys)
 
     # -- the fallback ---------------------------------------------------------------------
     @property
@@ -184,9 +190,7 @@ class ScenesDetector(Detector):
 
 
 def _grid(masks: torch.Tensor) -> torch.Tensor:
-    if masks.shape[-2:] == (GRID, GRID):
-        return masks
-    return F.adaptive_avg_pool2d(masks, (GRID, GRID))
+    return masks if masks.shape[-2:] == (GRID, GRID) else to_grid(masks)
 
 
 def _rgb(image: Image.Image) -> Image.Image:

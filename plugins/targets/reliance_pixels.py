@@ -9,17 +9,22 @@ README for how often each agrees with the truth on renders.
 
 from __future__ import annotations
 
-from collections import deque
+import functools
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from maia_core.torch_runtime.target import Preprocess
-from maia_plugins.detectors.scene_truth import COLOR_NAMES, GRID, Instance, cell_colors, dominant
+from maia_plugins.detectors.scene_truth import (
+    COLOR_NAMES,
+    GRID,
+    Instance,
+    dominant,
+    grid_colors,
+    to_grid,
+)
 
 # Thresholds, set on scenes renders with and without each effect (bench_reliance.py --fallback).
 GREY_CHROMA = 0.08  # a pixel whose channels differ by more than this is coloured
@@ -30,7 +35,7 @@ BLUR_EDGE = 0.15  # the steepest brightness steps (99.9th percentile) of a blurr
 PATCH_FLAT = 0.02  # a corner patch's colour varies less than this
 PATCH_APART = 0.2  # ...and differs from what is beyond it by more than this
 MARK_MATCH = 0.3  # the image's detail correlates at least this with the watermark's pattern
-TEXTURED = 0.05  # a background whose brightness varies more than this (3x3) is a texture
+TEXTURED = 0.035  # a background whose brightness varies more than this within cells: a texture
 # Plain backgrounds the scenes world draws for places it has no picture of.
 PLAIN_PLACES = {
     "sky": (135, 195, 240),
@@ -42,73 +47,184 @@ PLAIN_PLACES = {
 PLACE_DISTANCE = 40.0  # RGB distance within which a plain background is taken for that place
 
 
-@dataclass
-class PixelFacts:
-    """What an image without ground truth shows, estimated (``exact`` is False)."""
+class _Effects:
+    """One image's whole-image effects, each estimated the first time it is asked about
+    (``"blur" in facts.effects``): a class reads only what its condition needs."""
 
-    detected: dict[str, tuple[float, np.ndarray]]  # concept -> (score, [GRID, GRID] mask)
-    threshold: float
-    cells: np.ndarray
-    effects: dict[str, dict[str, Any]]
-    background: str
-    background_color: str | None
-    margin: tuple[float, float]  # where the view starts in the image, (x, y) fractions
-    scale: tuple[float, float]  # the view's extent in the image
-    exact: bool = False
-    _instances: dict[str, list[Instance]] = field(default_factory=dict, repr=False)
+    def __init__(self, x: torch.Tensor, preprocess: Preprocess):
+        self.x = x  # [1, 3, H, W], normalized
+        self.preprocess = preprocess
+        self._known: dict[str, bool] = {}
+
+    @functools.cached_property
+    def rgb(self) -> torch.Tensor:
+        return _rgb(self.x, self.preprocess)
+
+    @functools.cached_property
+    def lum(self) -> torch.Tensor:
+        r, g, b = self.rgb[:, 0], self.rgb[:, 1], self.rgb[:, 2]
+        return 0.299 * r + 0.587 * g + 0.114 * b
+
+    def __contains__(self, kind: object) -> bool:
+        if kind not in self._known:
+            estimate = _ESTIMATES.get(str(kind))
+            self._known[str(kind)] = bool(estimate(self)) if estimate is not None else False
+        return self._known[str(kind)]
+
+
+def _grey(e: _Effects) -> bool:
+    chroma = e.rgb.amax(1) - e.rgb.amin(1)
+    return float((chroma > GREY_CHROMA).float().mean()) < GREY_SHARE
+
+
+def _noisy(e: _Effects) -> bool:
+    fine, coarse = (
+        float(_laplacian(e.lum)),
+        float(_laplacian(F.avg_pool2d(e.lum[:, None], 2)[:, 0])),
+    )
+    return fine >= NOISE_DETAIL and fine > NOISE_RATIO * coarse
+
+
+def _blurred(e: _Effects) -> bool:
+    if "noise" in e:
+        return False
+    steps = (e.lum[:, :, 1:] - e.lum[:, :, :-1]).abs().flatten()
+    # the 99.9th percentile: the smallest of the top thousandth
+    return float(steps.topk(max(1, steps.numel() // 1000)).values[-1]) < BLUR_EDGE
+
+
+def _patched(e: _Effects) -> bool:
+    rgb = e.rgb[0]
+    H, W = rgb.shape[-2:]
+    # a corner block inside the smallest patch, and ones beyond the largest along each side
+    k = max(4, round(0.05 * min(H, W)))
+    for sy, sx in ((0, 0), (0, W - k), (H - k, 0), (H - k, W - k)):
+        block = rgb[:, sy : sy + k, sx : sx + k].flatten(1)
+        ry0, rx0 = (4 * k if sy == 0 else H - 5 * k), (4 * k if sx == 0 else W - 5 * k)
+        beyond = torch.cat(
+            [
+                rgb[:, ry0 : ry0 + k, sx : sx + k].flatten(1),
+                rgb[:, sy : sy + k, rx0 : rx0 + k].flatten(1),
+            ],
+            1,
+        )
+        flat = float(block.std(1).amax()) < PATCH_FLAT
+        if flat and float((block.mean(1) - beyond.mean(1)).abs().amax()) > PATCH_APART:
+            return True
+    return False
+
+
+def _watermarked(e: _Effects) -> bool:
+    return float(_watermark_score(e.lum, e.preprocess)[0]) > MARK_MATCH
+
+
+_ESTIMATES = {
+    "grayscale": _grey,
+    "noise": _noisy,
+    "blur": _blurred,
+    "patch": _patched,
+    "watermark": _watermarked,
+    # rotation is not estimated: an image without ground truth counts as upright
+}
+
+
+class PixelFacts:
+    """What an image without ground truth shows, estimated (``exact`` is False), each part
+    when first asked about."""
+
+    exact = False
+
+    def __init__(
+        self,
+        x: torch.Tensor,
+        detected: dict[str, tuple[float, np.ndarray]],
+        threshold: float,
+        preprocess: Preprocess,
+        grid: tuple[np.ndarray, np.ndarray, np.ndarray],
+    ):
+        # the view's GRID x GRID cells: colour indices, mean RGB (0-255), texture
+        self.cells, self._grid_rgb, self._texture = grid
+        self.detected = detected  # concept -> (score, [GRID, GRID] mask)
+        self.threshold = threshold
+        self.effects = _Effects(x, preprocess)
+        crop = preprocess.crop_pct
+        self.margin, self.scale = (1 - crop) / 2, crop  # where the view lies in the image
+        self._instances: dict[str, list[Instance]] = {}
+
+    @functools.cached_property
+    def _ground(self) -> tuple[str, str | None]:
+        covered = np.zeros((GRID, GRID), dtype=bool)
+        for score, mask in self.detected.values():
+            if score >= self.threshold and score > 0:
+                covered |= mask >= 0.5
+        region = ~covered if (~covered).any() else np.ones_like(covered)
+        color = dominant(self.cells, region)
+        rgb = self._grid_rgb[region].mean(0)
+        textured = float(self._texture[region].mean()) > TEXTURED
+        return _background(rgb, color, textured, "grayscale" in self.effects), color
+
+    @property
+    def background(self) -> str:
+        return self._ground[0]
+
+    @property
+    def background_color(self) -> str | None:
+        return self._ground[1]
 
     def of(self, concept: str) -> list[Instance]:
         if concept not in self._instances:
             score, mask = self.detected.get(concept, (0.0, None))
             found: list[Instance] = []
             if mask is not None and score >= self.threshold and score > 0:
-                parts = _components(mask >= 0.5) or [mask > 0]
-                for part in parts:
+                for part in _components(mask >= 0.5) or [mask > 0]:
                     if not part.any():
                         continue
                     ys, xs = np.nonzero(part)
+                    m, s = self.margin, self.scale
                     box = (
-                        self.margin[0] + xs.min() / GRID * self.scale[0],
-                        self.margin[1] + ys.min() / GRID * self.scale[1],
-                        self.margin[0] + (xs.max() + 1) / GRID * self.scale[0],
-                        self.margin[1] + (ys.max() + 1) / GRID * self.scale[1],
+                        m + xs.min() / GRID * s,
+                        m + ys.min() / GRID * s,
+                        m + (xs.max() + 1) / GRID * s,
+                        m + (ys.max() + 1) / GRID * s,
                     )
+                    color = dominant(self.cells, part)
                     found.append(
-                        Instance(
-                            concept,
-                            "",
-                            concept,
-                            part.astype(np.float32),
-                            box,
-                            dominant(self.cells, part),
-                            False,
-                        )
+                        Instance(concept, "", concept, part.astype(np.float32), box, color, False)
                     )
             self._instances[concept] = found
         return self._instances[concept]
 
 
 def _components(mask: np.ndarray, min_cells: int = 12) -> list[np.ndarray]:
-    """The 4-connected parts of a bool grid with at least ``min_cells`` cells."""
-    seen = np.zeros_like(mask, dtype=bool)
-    parts = []
-    h, w = mask.shape
-    for y0, x0 in zip(*np.nonzero(mask)):
-        if seen[y0, x0]:
-            continue
-        part = np.zeros_like(mask, dtype=bool)
-        queue = deque([(y0, x0)])
-        seen[y0, x0] = True
-        while queue:
-            y, x = queue.popleft()
-            part[y, x] = True
-            for ny, nx in ((y + 1, x), (y - 1, x), (y, x + 1), (y, x - 1)):
-                if 0 <= ny < h and 0 <= nx < w and mask[ny, nx] and not seen[ny, nx]:
-                    seen[ny, nx] = True
-                    queue.append((ny, nx))
-        if part.sum() >= min_cells:
-            parts.append(part)
-    return parts
+    """The 4-connected parts of a bool grid with at least ``min_cells`` cells: runs of each
+    row, joined (union-find) with the overlapping runs of the row above."""
+    grid = np.asarray(mask, dtype=np.int8)
+    edges = np.diff(np.pad(grid, ((0, 0), (1, 1))), axis=1)
+    starts_r, starts_c = np.nonzero(edges == 1)
+    ends_r, ends_c = np.nonzero(edges == -1)  # same order: row-major, paired run by run
+    if starts_r.size == 0:
+        return []
+    runs = list(zip(starts_r.tolist(), starts_c.tolist(), ends_c.tolist()))
+    parent = list(range(len(runs)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    by_row: dict[int, list[int]] = {}
+    for i, (r, _, _) in enumerate(runs):
+        by_row.setdefault(r, []).append(i)
+    for i, (r, a, b) in enumerate(runs):
+        for j in by_row.get(r - 1, ()):
+            if runs[j][1] < b and a < runs[j][2]:  # the columns overlap
+                parent[find(i)] = find(j)
+    parts: dict[int, np.ndarray] = {}
+    for i, (r, a, b) in enumerate(runs):
+        part = parts.setdefault(find(i), np.zeros(grid.shape, dtype=bool))
+        part[r, a:b] = True
+    return [part for part in parts.values() if part.sum() >= min_cells]
 
 
 def _laplacian(lum: torch.Tensor) -> torch.Tensor:
@@ -158,47 +274,14 @@ def _watermark_score(lum: torch.Tensor, preprocess: Preprocess) -> torch.Tensor:
     return best
 
 
-def image_stats(x: torch.Tensor, preprocess: Preprocess) -> dict[str, torch.Tensor]:
-    """Per row: the statistics the estimates read (each ``[B]`` or ``[B, ...]``)."""
-    mean = torch.tensor(preprocess.mean, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(preprocess.std, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
-    rgb = (x.float() * std + mean).clamp(0.0, 1.0)
-    lum = 0.299 * rgb[:, 0] + 0.587 * rgb[:, 1] + 0.114 * rgb[:, 2]
-    chroma = rgb.amax(1) - rgb.amin(1)
-    coarse = F.avg_pool2d(lum[:, None], 2)[:, 0]
-    H, W = lum.shape[-2:]
-    steps = (lum[:, :, 1:] - lum[:, :, :-1]).abs().flatten(1)
-    # a corner block inside the smallest patch, and one beyond the largest along each side
-    k = max(4, round(0.05 * min(H, W)))
-    corners = []
-    for sy, sx in ((0, 0), (0, W - k), (H - k, 0), (H - k, W - k)):
-        block = rgb[:, :, sy : sy + k, sx : sx + k].flatten(2)
-        ry0, rx0 = (4 * k if sy == 0 else H - 5 * k), (4 * k if sx == 0 else W - 5 * k)
-        beyond = torch.cat(
-            [
-                rgb[:, :, ry0 : ry0 + k, sx : sx + k].flatten(2),
-                rgb[:, :, sy : sy + k, rx0 : rx0 + k].flatten(2),
-            ],
-            2,
-        )
-        flat = block.std(2).amax(1) < PATCH_FLAT
-        apart = (block.mean(2) - beyond.mean(2)).abs().amax(1) > PATCH_APART
-        corners.append(flat & apart)
-    local = (
-        F.avg_pool2d(coarse[:, None] ** 2, 3, 1, 1)[:, 0]
-        - F.avg_pool2d(coarse[:, None], 3, 1, 1)[:, 0] ** 2
-    )
-    texture = F.adaptive_avg_pool2d(local.clamp_min(0).sqrt()[:, None], (GRID, GRID))[:, 0]
-    return {
-        "coloured": (chroma > GREY_CHROMA).float().flatten(1).mean(1),
-        "fine": _laplacian(lum),
-        "coarse": _laplacian(coarse),
-        "edge": torch.quantile(steps, 0.999, dim=1),
-        "mark": _watermark_score(lum, preprocess),
-        "patch": torch.stack(corners, 1).any(1),
-        "texture": texture,
-        "rgb": F.adaptive_avg_pool2d(rgb, (GRID, GRID)),
-    }
+_LUMA = torch.tensor([0.299, 0.587, 0.114])
+
+
+def _rgb(x: torch.Tensor, preprocess: Preprocess) -> torch.Tensor:
+    """Normalized ``[B, 3, H, W]`` back to RGB in [0, 1]."""
+    mean = torch.tensor(preprocess.mean, dtype=torch.float32).view(1, 3, 1, 1)
+    std = torch.tensor(preprocess.std, dtype=torch.float32).view(1, 3, 1, 1)
+    return (x * std + mean).clamp(0.0, 1.0)
 
 
 def pixel_facts(
@@ -211,49 +294,28 @@ def pixel_facts(
 ) -> list[PixelFacts]:
     """Estimated facts of each row of ``x``, given a detector's ``scores [B, C]`` and masks
     ``[B, C, GRID, GRID]`` for ``concepts``."""
-    stats = image_stats(x, preprocess)
-    cells = cell_colors(x, preprocess)
-    crop = preprocess.crop_pct
-    margin = ((1 - crop) / 2, (1 - crop) / 2)
-    scale = (crop, crop)
+    x = x.float().cpu()
+    std = torch.tensor(preprocess.std, dtype=torch.float32).view(1, 3, 1, 1)
+    # what every image's background is read from, in one pass over the batch at the grid's
+    # resolution (averaging commutes with normalizing): its cells' colours, mean RGB, and
+    # texture, the spread of brightness within each cell
+    cells = _rgb(to_grid(x), preprocess)
+    lum = (x * std * _LUMA.view(1, 3, 1, 1)).sum(1, keepdim=True)  # brightness, less a constant
+    texture = (to_grid(lum**2) - to_grid(lum) ** 2).clamp_min(0).sqrt()[:, 0].numpy()
+    colors = grid_colors(cells)
+    cells_rgb = (cells.permute(0, 2, 3, 1) * 255).numpy()
     scores_np = scores.float().cpu().numpy()
     masks_np = masks.float().cpu().numpy()
-    out = []
-    for b in range(x.shape[0]):
-        effects: dict[str, dict[str, Any]] = {}
-        if float(stats["coloured"][b]) < GREY_SHARE:
-            effects["grayscale"] = {}
-        fine, coarse = float(stats["fine"][b]), float(stats["coarse"][b])
-        if fine >= NOISE_DETAIL and fine > NOISE_RATIO * coarse:
-            effects["noise"] = {}
-        elif float(stats["edge"][b]) < BLUR_EDGE:
-            effects["blur"] = {}
-        if bool(stats["patch"][b]):
-            effects["patch"] = {}
-        if float(stats["mark"][b]) > MARK_MATCH:
-            effects["watermark"] = {}
-        detected = {c: (float(scores_np[b, j]), masks_np[b, j]) for j, c in enumerate(concepts)}
-        covered = np.zeros((GRID, GRID), dtype=bool)
-        for score, mask in detected.values():
-            if score >= threshold and score > 0:
-                covered |= mask >= 0.5
-        region = ~covered if (~covered).any() else np.ones_like(covered)
-        bg_color = dominant(cells[b], region)
-        rgb = stats["rgb"][b].permute(1, 2, 0).cpu().numpy()[region].mean(0) * 255
-        textured = float(stats["texture"][b].cpu().numpy()[region].mean()) > TEXTURED
-        out.append(
-            PixelFacts(
-                detected=detected,
-                threshold=threshold,
-                cells=cells[b],
-                effects=effects,
-                background=_background(rgb, bg_color, textured, "grayscale" in effects),
-                background_color=bg_color,
-                margin=margin,
-                scale=scale,
-            )
+    return [
+        PixelFacts(
+            x[b : b + 1],
+            {c: (float(scores_np[b, j]), masks_np[b, j]) for j, c in enumerate(concepts)},
+            threshold,
+            preprocess,
+            (colors[b], cells_rgb[b], texture[b]),
         )
-    return out
+        for b in range(x.shape[0])
+    ]
 
 
 def _background(rgb: np.ndarray, color: str | None, textured: bool, grey: bool) -> str:
@@ -275,4 +337,4 @@ def _background(rgb: np.ndarray, color: str | None, textured: bool, grey: bool) 
     return best
 
 
-__all__ = ["COLOR_NAMES", "PixelFacts", "image_stats", "pixel_facts"]
+__all__ = ["COLOR_NAMES", "PixelFacts", "pixel_facts"]
