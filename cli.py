@@ -179,6 +179,45 @@ def run(
         "--containment",
         help="How kernels are contained: bwrap (the default; see the README) or none (agent code runs as you, with your files and network: at your own risk).",
     ),
+    task: str = typer.Option(
+        "describe",
+        "--task",
+        help="What each investigation finds: describe (what a unit detects), reliance (what a classifier's class relies on), compare (what separates two units), or a plugin's task (see maia plugins).",
+    ),
+    task_option: list[str] = typer.Option(
+        [], "--task-option", help="KEY=VALUE passed to the task. Repeatable."
+    ),
+    pairs: Path | None = typer.Option(
+        None,
+        "--pairs",
+        help='For a task of two units (compare): a JSON list of pairs, [["layer4=122", "layer4=210"]]. Default: consecutive units of --units.',
+    ),
+    reflect: int = typer.Option(
+        0,
+        "--reflect",
+        help="Self-reflection: check each answer by prediction, and investigate again up to N times while it predicts too little (0 to 20; default 0, off).",
+    ),
+    reflect_threshold: float = typer.Option(
+        0.9,
+        "--reflect-threshold",
+        help="The share of a check's images that must land on their predicted side (above 0, at most 1).",
+    ),
+    reflect_k: int = typer.Option(
+        10, "--reflect-k", help="Prompts predicted high, and as many low, per check (1 to 100)."
+    ),
+    evaluator: str | None = typer.Option(
+        None,
+        "--evaluator",
+        help="The backbone that writes reflection's predictions. Default: the agent's (templates for the baseline and replays).",
+    ),
+    evaluator_option: list[str] = typer.Option(
+        [], "--evaluator-option", help="KEY=VALUE passed to the evaluator backbone. Repeatable."
+    ),
+    prompts: str | None = typer.Option(
+        None,
+        "--prompts",
+        help="Who writes reflection's predictions: llm (the evaluator) or template (no LLM).",
+    ),
 ) -> None:
     """Investigate units of a target with a backbone, and write reports."""
     from maia_core.loop.run import RunConfig
@@ -218,6 +257,15 @@ def run(
         ray_address=ray_address,
         ray_actors=ray_actors,
         containment=containment,
+        task=task,
+        task_options=parse_pairs(task_option, "--task-option"),
+        pairs=str(pairs) if pairs else None,
+        reflect=reflect,
+        reflect_threshold=reflect_threshold,
+        reflect_k=reflect_k,
+        evaluator=evaluator,
+        evaluator_options=parse_pairs(evaluator_option, "--evaluator-option"),
+        prompts=prompts,
     )
     try:
         investigations = run_units(config)

@@ -67,6 +67,9 @@ class Backbone(ABC):
     model: str | None = None
     #: the price table costs are estimated with; ``maia run`` sets it from ``--price-file``
     prices: PriceTable | None = None
+    #: whether it can answer a request for text2image prompts (reflection's predictions,
+    #: evaluation); a scripted backbone (the baseline, a replay) cannot
+    writes_prompts: bool = True
 
     @property
     def slug(self) -> str:

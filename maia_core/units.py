@@ -160,3 +160,65 @@ def chunk(units: list[Unit], index: int, total: int) -> list[Unit]:
     base, extra = divmod(len(units), total)
     start = index * base + min(index, extra)
     return units[start : start + base + (1 if index < extra else 0)]
+
+
+PAIRS_FORM = '[["layer4=122", "layer4=210"], ["layer3=5", "layer4=7"]]'
+
+
+def read_pairs_file(path: str | Path) -> list[tuple[Unit, ...]]:
+    """``--pairs``: a JSON list of pairs of units, each unit ``LAYER=INDEX``, like
+    ``[["layer4=122", "layer4=210"]]``; each pair is one subject of a two-unit task."""
+    path = Path(path)
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"Pairs file {str(path)!r} does not exist.") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"Cannot read pairs file {str(path)!r}: {exc}.") from None
+    except json.JSONDecodeError as exc:
+        raise UserError(
+            f"Pairs file {str(path)!r} is not valid JSON ({exc}); expected {PAIRS_FORM}."
+        ) from None
+    if not isinstance(obj, list) or not obj:
+        raise UserError(
+            f"Pairs file {str(path)!r} must be a non-empty JSON list like {PAIRS_FORM}."
+        )
+    pairs = []
+    for i, item in enumerate(obj):
+        if not (
+            isinstance(item, list) and len(item) == 2 and all(isinstance(u, str) for u in item)
+        ):
+            raise UserError(
+                f"Pairs file {str(path)!r}: item {i} is not a pair of units; expected {PAIRS_FORM}."
+            )
+        pair = []
+        for text in item:
+            m = re.fullmatch(r"\s*([^=\s][^=]*?)\s*=\s*(\d+)\s*", text)
+            if not m:
+                raise UserError(
+                    f"Pairs file {str(path)!r}: {text!r} is not a unit LAYER=INDEX; expected {PAIRS_FORM}."
+                )
+            pair.append(Unit(m.group(1), int(m.group(2))))
+        if pair[0] == pair[1]:
+            raise UserError(f"Pairs file {str(path)!r}: item {i} pairs {pair[0]} with itself.")
+        pairs.append(tuple(pair))
+    return pairs
+
+
+def pairs_selection(pairs: list[tuple[Unit, ...]]) -> Selection:
+    """The units of ``pairs`` as a selection, to check them against the target's layers."""
+    selection: Selection = {}
+    for pair in pairs:
+        for unit in pair:
+            selection.setdefault(unit.layer, []).append(unit.index)
+    return selection
+
+
+def group(units: list[Unit], size: int) -> list[tuple[Unit, ...]]:
+    """Consecutive groups of ``size`` units (a two-unit task's pairs from ``--units``)."""
+    if len(units) % size:
+        raise UserError(
+            f"The task studies {size} units at a time, and {len(units)} unit(s) were selected; "
+            f"select a multiple of {size} (consecutive units are grouped), or give --pairs FILE."
+        )
+    return [tuple(units[i : i + size]) for i in range(0, len(units), size)]

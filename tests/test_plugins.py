@@ -112,7 +112,7 @@ def test_third_party_distribution_is_discovered(thirdparty_env):
     infos = {p["name"]: p for p in json.loads(out.stdout)}
     toy = infos["toynet"]
     assert toy["distribution"] == "toynet-maia" and toy["version"] == "1.2.3"
-    assert toy["provides"] == {"targets": ["toynet"], "tools": ["caption"]}
+    assert toy["provides"] == {"targets": ["toynet"], "tools": ["caption"], "tasks": ["polarity"]}
     layers = maia("layers", "toynet", "--json", env=thirdparty_env)
     assert layers.returncode == 0, layers.stderr
     assert {"layer": "conv2", "units": 4, "spatial": [16, 16], "kind": "conv"} in json.loads(layers.stdout)

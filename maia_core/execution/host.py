@@ -37,7 +37,7 @@ from maia_core.execution.channel import Channel, ChannelClosed
 from maia_core.execution.codec import ProtocolError, Ref
 from maia_core.execution.specs import UnitSetup, WorldSpec
 from maia_core.loop import prompts
-from maia_core.task import Subject, Task
+from maia_core.task import Subject, Task, make_task
 from maia_core.tools import CallScope, ToolContext, Tools, call_scope, current_scope
 from maia_core.transcript import Message, Part
 from maia_core.units import LayerInfo, Unit
@@ -48,10 +48,7 @@ _PLAIN = (str, int, float, bool, type(None))
 
 def load_task(spec: WorldSpec) -> Task:
     """The task a spec names, built from its options."""
-    entry, _ = plugins.registry("tasks").resolve(spec.task)
-    task = entry.factory(**spec.task_options)
-    task.name = task.name or spec.task
-    return task
+    return make_task(spec.task, spec.task_options)
 
 
 def load_target(spec: WorldSpec) -> Any:

@@ -1,8 +1,12 @@
-"""The investigation loop: one unit, one backbone, one sandbox, until a final answer.
+"""The investigation loop: one subject, one backbone, one sandbox, until a final answer.
 
 Each round asks the backbone, runs the ```python blocks of its reply in the sandbox, and
-sends back what they printed and displayed, and any error. A reply with ``[DESCRIPTION]``
-ends the investigation. After ``max_rounds`` the backbone is asked for its final answer.
+sends back what they printed and displayed, and any error. A reply with no code that gives the
+task's final answer (``[DESCRIPTION]`` and ``[LABEL]`` for describe) ends the investigation;
+one whose answer is malformed gets back what is missing. After ``max_rounds`` the backbone is
+asked for its final answer. With reflection (``--reflect N``) each answer is checked by
+prediction, and the agent investigates again when the check fails (see
+:mod:`maia_core.loop.reflection`).
 """
 
 from __future__ import annotations
@@ -16,9 +20,12 @@ from maia_core.backbone import Backbone, Usage
 from maia_core.execution.sandbox import Session
 from maia_core.loop import prompts
 from maia_core.loop.describer import Describer, DescriberCall
+from maia_core.loop.reflection import Reflection
 from maia_core.loop.reporter import Reporter, UnitNotSaved
 from maia_core.loop.state import Investigation, Result
 from maia_core.options import DEFAULT_MAX_ROUNDS
+from maia_core.task import Answer, IncompleteAnswer, Task
+from maia_core.task import parse_final as parse_final  # describe's parser, where it always was
 from maia_core.transcript import Message, Part, TextPart
 
 # After max_rounds, how many times to ask for the final answer before giving up.
@@ -27,34 +34,11 @@ FINAL_REQUESTS = 2
 _CODE = re.compile(
     r"```[ \t]*(?:python|py|python3)[ \t]*\n(.*?)(?:```|\Z)", re.DOTALL | re.IGNORECASE
 )
-_FENCE = re.compile(r"```.*?(?:```|\Z)", re.DOTALL)
-# The final answer starts a line (after optional markdown emphasis, quoting or a heading mark).
-_DESCRIPTION = re.compile(
-    r"^[ \t>#*_]*\[DESCRIPTION\]\**\s*:?\**\s*(.*?)(?=^[ \t>#*_]*\[LABEL\]|\Z)",
-    re.DOTALL | re.MULTILINE,
-)
-_LABEL = re.compile(r"^[ \t>#*_]*\[LABEL\]\**\s*:?\**\s*(.+)", re.MULTILINE)
 
 
 def extract_code(text: str) -> list[str]:
     """The ```python blocks of a reply, in order (an unterminated last block counts)."""
     return [block.strip("\n") for block in _CODE.findall(text) if block.strip()]
-
-
-def parse_final(text: str) -> tuple[str, str] | None:
-    """``(description, label)`` if the reply gives a final answer, else None.
-
-    Only an answer outside code blocks counts, with ``[DESCRIPTION]`` starting a line: a reply
-    that quotes the marker in passing, or prints it from code, is not an answer.
-    """
-    prose = _FENCE.sub("", text)
-    d = _DESCRIPTION.search(prose)
-    if not d:
-        return None
-    description = d.group(1).strip().strip("*").strip()
-    label_match = _LABEL.search(prose, d.start())
-    label = label_match.group(1).strip().strip("*").strip() if label_match else ""
-    return description, label
 
 
 def _now() -> str:
@@ -76,12 +60,17 @@ class Loop:
         *,
         max_rounds: int = DEFAULT_MAX_ROUNDS,
         describer: Describer | None = None,
+        task: Task | None = None,
+        reflection: Reflection | None = None,
     ):
         self.backbone = backbone
         self.session = session
         self.reporter = reporter
         self.max_rounds = max_rounds
         self.describer = describer
+        # describe's prompts and answer unless a task says otherwise
+        self.task = task if task is not None else Task()
+        self.reflection = reflection
 
     def _add(self, inv: Investigation, message: Message) -> None:
         inv.messages.append(message)
@@ -164,86 +153,155 @@ class Loop:
         return parts, seconds, restarts, records
 
     def run(self, inv: Investigation) -> Result:
-        """Investigate ``inv.unit`` to the end. Backbone failures propagate to the caller."""
+        """Investigate ``inv.subject`` to the end. Backbone failures propagate to the caller."""
+        task = self.task
         result = Result("incomplete", started_at=_now())
         inv.result = None
         start = time.perf_counter()
         try:
             if self.describer is not None:
                 self.describer.begin(inv.unit)
-            setup = self.session.begin(inv.unit)
+            setup = self.session.begin(inv.subject)
             inv.threshold = setup.threshold_note
             inv.target_description = setup.target_description
-            self._add(inv, Message.of("system", prompts.system_prompt(setup.api), kind="system"))
-            task = prompts.task_prompt(
-                str(inv.unit.index),
-                inv.unit.layer,
+            self._add(inv, Message.of("system", task.system_prompt(setup.api), kind="system"))
+            brief = task.task_prompt(
+                inv.subject,
                 # The name system gives itself: a user's file path in a target spec
                 # (synthetic:/home/me/set.json) is not the agent's to see.
                 str(setup.attrs.get("model_name") or inv.target),
                 setup.target_description,
                 setup.threshold_note,
+                dict(setup.attrs),
             )
+            layer, unit = inv.subject.folder()
             self._add(
                 inv,
                 Message.of(
                     "user",
-                    task,
+                    brief,
                     kind="task",
                     target=inv.target,
-                    layer=inv.unit.layer,
-                    unit=inv.unit.index,
+                    layer=layer,
+                    unit=inv.unit.index if len(inv.subject.units) == 1 else unit,
+                    task=task.name or "describe",
                 ),
             )
-
-            final = None
-            for round_no in range(1, self.max_rounds + 1):
-                text = self._ask(inv, result, "experiment")
-                blocks = extract_code(text)
-                # A final answer counts when the reply runs no code: an answer next to code
-                # would leave the code unrun.
-                final = parse_final(text) if not blocks else None
-                if final:
-                    break
-                if not blocks:
-                    parts: list[Part] = [TextPart(prompts.CORRECTION, "note")]
-                    meta = {"round": result.rounds, "kind": "correction"}
-                else:
-                    parts, seconds, restarts, records = self._run_code(blocks)
-                    if parse_final(text):
-                        parts.append(TextPart(prompts.ANSWER_WITH_CODE, "note"))
-                    result.sandbox_restarts += restarts
-                    meta = {
-                        "round": result.rounds,
-                        "kind": "result",
-                        "seconds": round(seconds, 3),
-                        "host_seconds": round(self.host_seconds, 3),
-                    }
-                    if records:
-                        meta["tools"] = records
-                    self._count_describer(inv, result, meta)
-                if round_no == self.max_rounds:
-                    parts.append(TextPart(prompts.final_request(self.max_rounds), "note"))
-                self._add(inv, Message("user", parts, meta))
-
-            for attempt in range(FINAL_REQUESTS if not final else 0):
-                if attempt:
-                    self._add(
-                        inv,
-                        Message.of(
-                            "user",
-                            TextPart(prompts.final_request(self.max_rounds), "note"),
-                            kind="final_request",
-                        ),
-                    )
-                final = parse_final(self._ask(inv, result, "final"))
-                if final:
-                    break
-            if final:
+            answer = self._investigate(inv, result)
+            if answer is not None and self.reflection is not None:
+                answer = self._reflect(inv, result, setup.attrs, answer)
+            if answer is not None:
                 result.status = "completed"
-                result.description, result.label = final
+                result.description, result.label = answer.description, answer.label
+                result.answer = dict(answer.fields)
         finally:
             result.wall_time_s = time.perf_counter() - start
             result.finished_at = _now()
             inv.result = result
         return result
+
+    def _parse(self, text: str) -> tuple[Answer | None, str | None]:
+        """The answer a reply gives, or what is wrong with the answer it attempts."""
+        try:
+            return self.task.parse_answer(text), None
+        except IncompleteAnswer as exc:
+            return None, str(exc)
+
+    def _investigate(self, inv: Investigation, result: Result) -> Answer | None:
+        """Rounds of experiments until a final answer (the task's), then, after
+        ``max_rounds``, requests for it. None when the agent gives none."""
+        fmt = self.task.answer_format
+        final: Answer | None = None
+        for round_no in range(1, self.max_rounds + 1):
+            text = self._ask(inv, result, "experiment")
+            blocks = extract_code(text)
+            # A final answer counts when the reply runs no code: an answer next to code
+            # would leave the code unrun.
+            problem = None
+            if not blocks:
+                final, problem = self._parse(text)
+                if final:
+                    break
+            if problem is not None:
+                parts: list[Part] = [TextPart(prompts.incomplete_answer(problem, fmt), "note")]
+                meta = {"round": result.rounds, "kind": "incomplete_answer"}
+            elif not blocks:
+                parts = [TextPart(prompts.correction(fmt), "note")]
+                meta = {"round": result.rounds, "kind": "correction"}
+            else:
+                parts, seconds, restarts, records = self._run_code(blocks)
+                answered, wrong = self._parse(text)
+                if answered or wrong:
+                    parts.append(TextPart(prompts.ANSWER_WITH_CODE, "note"))
+                result.sandbox_restarts += restarts
+                meta = {
+                    "round": result.rounds,
+                    "kind": "result",
+                    "seconds": round(seconds, 3),
+                    "host_seconds": round(self.host_seconds, 3),
+                }
+                if records:
+                    meta["tools"] = records
+                self._count_describer(inv, result, meta)
+            if round_no == self.max_rounds:
+                parts.append(TextPart(prompts.final_request(self.max_rounds, fmt), "note"))
+            self._add(inv, Message("user", parts, meta))
+
+        problem = None
+        for attempt in range(FINAL_REQUESTS if not final else 0):
+            if attempt:
+                request = (
+                    prompts.incomplete_answer(problem, fmt)
+                    if problem
+                    else prompts.final_request(self.max_rounds, fmt)
+                )
+                self._add(
+                    inv,
+                    Message.of(
+                        "user",
+                        TextPart(request, "note"),
+                        kind="incomplete_answer" if problem else "final_request",
+                    ),
+                )
+            final, problem = self._parse(self._ask(inv, result, "final"))
+            if final:
+                break
+        return final
+
+    def _reflect(
+        self, inv: Investigation, result: Result, attrs: dict[str, Any], answer: Answer
+    ) -> Answer:
+        """SAIA's self-reflection: check each answer by prediction; below the threshold the
+        agent sees the check and investigates again, up to ``rounds`` times. The answer kept is
+        the most predictive (the later one of a tie); every check is kept in the result."""
+        reflection = self.reflection
+        answers = [answer]
+        cycles: list[dict[str, Any]] = []
+        for cycle in range(1, reflection.rounds + 2):
+            check = reflection.check(answer, attrs, cycle)
+            if check.usage is not None:
+                result.usage = result.usage + check.usage
+                inv.spent_usd = result.usage.cost_usd or 0.0
+            cycles.append(check.record(answer))
+            if check.passed or cycle > reflection.rounds:
+                break
+            self._add(
+                inv,
+                Message(
+                    "user",
+                    check.message(self.task.answer_format, cycle, reflection.rounds),
+                    {
+                        "kind": "reflection",
+                        "cycle": cycle,
+                        "predictiveness": round(check.predictiveness, 4),
+                    },
+                ),
+            )
+            again = self._investigate(inv, result)
+            if again is None:
+                break
+            answer = again
+            answers.append(answer)
+        kept = max(range(len(cycles)), key=lambda i: (cycles[i]["predictiveness"], i))
+        result.reflection = reflection.summary(cycles, kept)
+        return answers[kept]

@@ -82,22 +82,38 @@ def api_text(system: Any, tools: Any, implementations: dict[str, str] | None = N
     return "\n".join(lines).rstrip() + "\n"
 
 
-def system_prompt(api: str) -> str:
-    return f"""You are an interpretability researcher studying one unit of a vision model. Your job is to find out, by experiment, what visual concept makes the unit fire, and to describe it precisely.
+DESCRIBE_ROLE = (
+    "You are an interpretability researcher studying one unit of a vision model. Your job is "
+    "to find out, by experiment, what visual concept makes the unit fire, and to describe it "
+    "precisely."
+)
+DESCRIBE_GUIDANCE = """- Start from the images that activate the unit most, if a tool gives them, and form hypotheses.
+- Test each hypothesis with new images that include and exclude the concept, and compare activations. Prefer experiments that could prove you wrong.
+- Keep each experiment small and look at its results before the next one. Write one ```python block per reply.
+- Be precise: say what the unit responds to and what it does not, and whether it is selective for a specific object, a part, a texture, a colour or a scene."""
+
+
+def system_prompt(
+    api: str,
+    final_format: str = FINAL_FORMAT,
+    *,
+    role: str = DESCRIBE_ROLE,
+    guidance: str = DESCRIBE_GUIDANCE,
+    subject: str = "the unit",
+) -> str:
+    """The system prompt: the task's ``role`` and ``guidance`` around the generated API."""
+    return f"""{role}
 
 You run experiments by writing Python. Put the code of each experiment in one ```python block. It runs in a persistent session: variables you define stay available in later blocks. Everything you print, everything you pass to tools.display, and any error with its traceback is sent back to you. Only what you print or display reaches you, so display the images you want to see together with their activations.
 
-Two objects are defined in the session: `system`, the unit, and `tools`, your instruments. numpy is imported as `np` and PIL's `Image` is imported. This is their API:
+Two objects are defined in the session: `system`, {subject}, and `tools`, your instruments. numpy is imported as `np` and PIL's `Image` is imported. This is their API:
 
 {api}
 How to work:
-- Start from the images that activate the unit most, if a tool gives them, and form hypotheses.
-- Test each hypothesis with new images that include and exclude the concept, and compare activations. Prefer experiments that could prove you wrong.
-- Keep each experiment small and look at its results before the next one. Write one ```python block per reply.
-- Be precise: say what the unit responds to and what it does not, and whether it is selective for a specific object, a part, a texture, a colour or a scene.
+{guidance}
 
 When you are confident, reply with no code and give your final answer in exactly this form:
-{FINAL_FORMAT}
+{final_format}
 """
 
 
@@ -111,11 +127,15 @@ def task_prompt(
     )
 
 
-CORRECTION = (
-    "Your reply had neither a ```python code block nor a final answer. Either run an experiment "
-    "by writing code in a ```python block, or, if you are done, answer exactly in this form:\n"
-    + FINAL_FORMAT
-)
+def correction(final_format: str = FINAL_FORMAT) -> str:
+    return (
+        "Your reply had neither a ```python code block nor a final answer. Either run an "
+        "experiment by writing code in a ```python block, or, if you are done, answer exactly "
+        "in this form:\n" + final_format
+    )
+
+
+CORRECTION = correction()
 
 
 ANSWER_WITH_CODE = (
@@ -124,10 +144,15 @@ ANSWER_WITH_CODE = (
 )
 
 
-def final_request(rounds: int) -> str:
+def incomplete_answer(problem: str, final_format: str = FINAL_FORMAT) -> str:
+    """What the agent is told when its final answer is malformed: what is missing, the form."""
+    return f"{problem} Give your final answer again, with no code, exactly in this form:\n{final_format}"
+
+
+def final_request(rounds: int, final_format: str = FINAL_FORMAT) -> str:
     return (
         f"You have used all {rounds} rounds of experiments. Do not write more code. Based on what "
-        f"you have found, give your final answer now, exactly in this form:\n{FINAL_FORMAT}"
+        f"you have found, give your final answer now, exactly in this form:\n{final_format}"
     )
 
 

@@ -25,6 +25,7 @@ from maia_core import __version__, signing
 from maia_core.backbone import Usage
 from maia_core.files import atomic_write_json, slug
 from maia_core.loop.state import Investigation, Result
+from maia_core.task import Answer, Subject, Task
 from maia_core.units import Unit
 
 LOCK_NAME = ".lock"
@@ -32,9 +33,18 @@ LOCK_NAME = ".lock"
 MAX_RESULT_BYTES = 4_000_000
 
 
-def unit_dir(results: Path, backbone_slug: str, target: str, unit: Unit) -> Path:
-    """``results/<backbone>/<target>/<layer>/<unit>/``"""
-    return Path(results) / backbone_slug / slug(target) / slug(unit.layer) / str(unit.index)
+def unit_dir(
+    results: Path, backbone_slug: str, target: str, unit: Unit | Subject, task: str = "describe"
+) -> Path:
+    """``results/<backbone>/<target>/<layer>/<unit>/`` for describe; other tasks' results go
+    under ``<target>/<task>/``, so one unit studied by two tasks keeps both. A pair's folder is
+    ``<layer>/<unit>+<unit>`` (see :meth:`Subject.folder`)."""
+    subject = unit if isinstance(unit, Subject) else Subject.of(unit)
+    layer, index = subject.folder()
+    base = Path(results) / backbone_slug / slug(target)
+    if task != "describe":
+        base = base / slug(task)
+    return base / slug(layer) / slug(index)
 
 
 def read_result(out_dir: Path) -> dict[str, Any] | None:
@@ -78,31 +88,59 @@ def result_from_json(row: dict[str, Any]) -> Result:
         ),
         error=row.get("error"),
         sandbox_restarts=number(row.get("sandbox_restarts"), int),
+        answer=row.get("answer") if isinstance(row.get("answer"), dict) else {},
+        reflection=row.get("reflection") if isinstance(row.get("reflection"), dict) else None,
     )
 
 
-def history_answer(out_dir: Path) -> tuple[str, str] | None:
-    """The final answer that ends the unit's ``history.json``: ``(description, label)`` parsed
-    from its last assistant turn, or None (no history, or one cut short before the answer).
-    Reads the JSON only: no image of the transcript is decoded."""
-    from maia_core.loop.investigation import parse_final
-
+def history_answers(out_dir: Path, task: Task | None = None) -> list[Answer] | None:
+    """The final answers in the unit's ``history.json``, in order (with reflection there may
+    be several), parsed as ``task`` parses them (describe's by default); None when the
+    history is missing, or does not end with an answer (cut short). Reads the JSON only: no
+    image of the transcript is decoded."""
+    task = task if task is not None else Task()
     try:
         messages = json.loads((Path(out_dir) / "history.json").read_text(encoding="utf-8"))[
             "messages"
         ]
-        last = next(m for m in reversed(messages) if m.get("role") == "assistant")
-        text = "\n".join(p["text"] for p in last.get("parts") or () if p.get("type") == "text")
-    except (OSError, ValueError, KeyError, TypeError, AttributeError, StopIteration):
+        texts = [
+            "\n".join(p["text"] for p in m.get("parts") or () if p.get("type") == "text")
+            for m in messages
+            if m.get("role") == "assistant"
+        ]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
-    return parse_final(text)
+    answers = []
+    for text in texts:
+        try:
+            found = task.parse_answer(text)
+        except Exception:  # noqa: BLE001 - a malformed answer is no answer
+            found = None
+        if found is not None:
+            answers.append(found)
+    if not texts or not answers:
+        return None
+    try:
+        last = task.parse_answer(texts[-1])
+    except Exception:  # noqa: BLE001
+        last = None
+    return answers if last is not None else None
 
 
-def holds_answer(out_dir: Path, result: Result) -> bool:
-    """Whether the unit's history ends with the answer ``result`` gives."""
+def history_answer(out_dir: Path, task: Task | None = None) -> tuple[str, str] | None:
+    """The final answer that ends the unit's ``history.json``: ``(description, label)``, or
+    None (no history, or one cut short before the answer)."""
+    answers = history_answers(out_dir, task)
+    return (answers[-1].description, answers[-1].label) if answers else None
+
+
+def holds_answer(out_dir: Path, result: Result, task: Task | None = None) -> bool:
+    """Whether the unit's history ends with an answer and holds the one ``result`` gives (the
+    last one, or with reflection the most predictive one)."""
     if result.description is None:
         return False
-    return history_answer(out_dir) == (result.description, result.label or "")
+    answers = history_answers(out_dir, task) or []
+    return (result.description, result.label or "") in [(a.description, a.label) for a in answers]
 
 
 def write_result(inv: Investigation) -> None:

@@ -23,10 +23,12 @@ from maia_core.execution.sandbox import DEFAULT_CELL_TIMEOUT, make_execution, pa
 from maia_core.execution.specs import WorldSpec
 from maia_core.files import ensure_output_folder
 from maia_core.loop.investigation import DEFAULT_MAX_ROUNDS
+from maia_core.loop.reflection import DEFAULT_K, DEFAULT_THRESHOLD, PROMPT_MODES
 from maia_core.loop.reporter import Reporter, Reporters
 from maia_core.loop.scheduler import OutOfSpace, Scheduler
 from maia_core.loop.state import Investigation, RunInfo
 from maia_core.providers.pricing import PriceTable
+from maia_core.task import Subject, Task, make_task
 
 DEFAULT_REPORTERS = ("json", "html", "console")
 DEFAULT_CONCURRENCY = 4
@@ -35,6 +37,9 @@ DEFAULT_CONCURRENCY = 4
 MAX_ROUNDS = 1000
 MAX_CONCURRENCY = 256
 MAX_RAY_ACTORS = 1024
+# Each reflection cycle can be a whole investigation again.
+MAX_REFLECT = 20
+MAX_REFLECT_K = 100
 EXECUTORS = ("local", "ray")
 
 
@@ -82,9 +87,31 @@ class RunConfig:
     batching: str = "auto"
     # How kernels are contained: "bwrap" (the default policy), or "none" (the user's risk).
     containment: str = "bwrap"
+    # What each investigation is asked (maia_core.task): describe, reliance, compare, ...
+    task: str = "describe"
+    task_options: dict[str, str] = field(default_factory=dict)
+    # A JSON list of pairs of units, for a two-unit task (compare); else consecutive units.
+    pairs: str | None = None
+    # Self-reflection: check each answer by prediction, and investigate again up to this many
+    # times while its predictiveness is below reflect_threshold (maia_core.loop.reflection).
+    reflect: int = 0
+    reflect_threshold: float = DEFAULT_THRESHOLD
+    reflect_k: int = DEFAULT_K
+    # Who writes reflection's predictions: "template" (no LLM) or "llm" (the evaluator);
+    # None: llm when the evaluator can write prompts, else template.
+    prompts: str | None = None
+    # The evaluator backbone for --prompts llm; None: the agent's backbone.
+    evaluator: str | None = None
+    evaluator_options: dict[str, str] = field(default_factory=dict)
 
 
 def selection(config: RunConfig) -> unitspec.Selection:
+    if config.pairs:
+        if config.units or config.unit_file:
+            raise UserError(
+                "--pairs FILE names the units to study; drop --units and --unit-file, or drop --pairs."
+            )
+        return unitspec.pairs_selection(unitspec.read_pairs_file(config.pairs))
     if bool(config.units) == bool(config.unit_file):
         raise UserError(
             "Give the units to study with exactly one of --units LAYER=UNITS or --unit-file FILE."
@@ -133,6 +160,62 @@ def check_config(config: RunConfig) -> None:
         raise UserError(
             f"Unknown --containment {config.containment!r}. Use bwrap (the default) or none (agent code uncontained, at your own risk)."
         )
+    check_count(config.reflect, "--reflect", 0, MAX_REFLECT, "each can be a whole investigation")
+    threshold = config.reflect_threshold
+    if not (
+        isinstance(threshold, (int, float)) and math.isfinite(threshold) and 0 < threshold <= 1
+    ):
+        raise UserError(
+            f"--reflect-threshold must be a share of images above 0 and at most 1, not {threshold!r}."
+        )
+    check_count(
+        config.reflect_k, "--reflect-k", 1, MAX_REFLECT_K, "each is an image rendered per check"
+    )
+    if config.prompts is not None and config.prompts not in PROMPT_MODES:
+        raise UserError(
+            f"--prompts must be template (no LLM) or llm (the evaluator backbone), not {config.prompts!r}."
+        )
+    if (config.evaluator or config.prompts) and not config.reflect:
+        raise UserError(
+            "--evaluator and --prompts choose who writes reflection's predictions; add --reflect N."
+        )
+    if config.evaluator and config.prompts == "template":
+        raise UserError("--evaluator writes prompts, --prompts template uses none; drop one.")
+
+
+def make_run_task(config: RunConfig) -> Task:
+    """The run's task, with its options; one-line errors for an unknown task or option, and
+    for --pairs with a task that studies one unit at a time."""
+    task = make_task(config.task, config.task_options)
+    if config.pairs and task.arity == 1:
+        raise UserError(
+            f"--pairs gives pairs of units, and --task {config.task} studies one unit at a time; "
+            "use a task of two units (--task compare), or --units."
+        )
+    return task
+
+
+def make_evaluator(config: RunConfig, agent: Backbone) -> tuple[Backbone | None, str]:
+    """Who writes reflection's predictions: (the evaluator backbone or None, the prompt mode).
+    The default evaluator is the agent's backbone; one that writes no prompts (the baseline,
+    a replay) means templates, unless --prompts llm asks otherwise."""
+    if not config.reflect or config.prompts == "template":
+        return None, "template"
+    made = (
+        make_backbone(config.evaluator, config.evaluator_options, flag="--evaluator")
+        if config.evaluator
+        else agent
+    )
+    if made.writes_prompts:
+        return made, "llm"
+    if made is not agent:
+        made.close()
+    if config.prompts == "llm":
+        raise UserError(
+            f"--prompts llm needs an evaluator that writes prompts, and {made.name} does not; "
+            "give --evaluator claude (or another model), or --prompts template."
+        )
+    return None, "template"
 
 
 def make_backbone(
@@ -197,13 +280,30 @@ def world_spec(config: RunConfig) -> WorldSpec:
         precision=config.precision,
         exemplars=config.exemplars,
         batching=config.batching,
+        task=config.task,
+        task_options=dict(config.task_options),
     )
 
 
-def select_units(
-    config: RunConfig, wanted: unitspec.Selection, layers: dict[str, Any]
-) -> list[unitspec.Unit]:
-    selected = unitspec.expand(wanted, layers, config.target)
+def select_subjects(
+    config: RunConfig, task: Task, wanted: unitspec.Selection, layers: dict[str, Any]
+) -> list[Subject]:
+    """What the run studies: its units, or for a task of several units, their groups (the
+    pairs of --pairs, else consecutive units); --random and --chunk pick among these."""
+    units = unitspec.expand(wanted, layers, config.target)
+    for name in dict.fromkeys(u.layer for u in units):
+        task.check_layer(layers[name], config.target)
+    if config.pairs:
+        groups = unitspec.read_pairs_file(config.pairs)
+    elif task.arity and task.arity > 1:
+        groups = unitspec.group(units, task.arity)
+    else:
+        groups = [(u,) for u in units]
+    return [Subject(g) for g in select_units(config, groups)]
+
+
+def select_units(config: RunConfig, selected: list[Any]) -> list[Any]:
+    """``--random`` and ``--chunk`` over the selected units (or groups of units)."""
     how = "the selection"
     if config.random is not None:
         selected = unitspec.sample(selected, config.random, config.seed)
@@ -221,6 +321,7 @@ def select_units(
 def run(config: RunConfig, reporter: Reporter | None = None) -> list[Investigation]:
     """Investigate every selected unit; returns the investigations, finished or skipped."""
     check_config(config)
+    task = make_run_task(config)
     wanted = selection(config)
     plugins.registry("targets").resolve(config.target)  # an unknown target fails before any loading
     plugins.select_tools(
@@ -231,6 +332,12 @@ def run(config: RunConfig, reporter: Reporter | None = None) -> list[Investigati
     results = Path(config.results)
     backbone, describer_backbone = make_backbones(config)
     describer_name = describer_backbone.name if describer_backbone is not backbone else None
+    try:
+        evaluator, prompt_mode = make_evaluator(config, backbone)
+    except BaseException:
+        backbone.close()
+        describer_backbone.close()
+        raise
     reporters = (
         reporter
         if isinstance(reporter, Reporters)
@@ -268,7 +375,7 @@ def run(config: RunConfig, reporter: Reporter | None = None) -> list[Investigati
     try:
         execution.start()
         layers = execution.layer_infos(list(wanted))
-        selected = select_units(config, wanted, layers)
+        selected = select_subjects(config, task, wanted, layers)
         info = RunInfo(
             config,
             selected,
@@ -291,6 +398,9 @@ def run(config: RunConfig, reporter: Reporter | None = None) -> list[Investigati
             reporters,
             info,
             concurrency=concurrency,
+            task=task,
+            evaluator=evaluator,
+            prompts=prompt_mode,
         )
         investigations = scheduler.run(selected)
         reporters.run_finished(info, investigations)
@@ -302,5 +412,7 @@ def run(config: RunConfig, reporter: Reporter | None = None) -> list[Investigati
         backbone.close()
         if describer_backbone is not backbone:
             describer_backbone.close()
+        if evaluator is not None and evaluator is not backbone:
+            evaluator.close()
         reporters.close()
     return investigations

@@ -36,6 +36,7 @@ from maia_core.execution.sandbox import SessionLost
 from maia_core.files import disk_full_message, no_space
 from maia_core.loop.describer import Describer
 from maia_core.loop.investigation import Loop
+from maia_core.loop.reflection import Reflection, subject_seed
 from maia_core.loop.reporter import Reporters, UnitNotSaved
 from maia_core.loop.results import (
     UnitLock,
@@ -46,6 +47,7 @@ from maia_core.loop.results import (
     write_result,
 )
 from maia_core.loop.state import Investigation, Result, RunInfo
+from maia_core.task import Subject, Task
 from maia_core.units import Unit
 
 MAX_REASSIGN = 3
@@ -80,8 +82,16 @@ class Scheduler:
         info: RunInfo,
         *,
         concurrency: int,
+        task: Task | None = None,
+        evaluator: Backbone | None = None,
+        prompts: str = "template",
     ):
         self.config = config
+        self.task = task if task is not None else Task()
+        self.task_name = getattr(config, "task", "describe") or "describe"
+        # Who writes reflection's predictions: the evaluator backbone ("llm"), or templates.
+        self.evaluator = evaluator
+        self.prompts = prompts
         self.execution = execution
         self.backbone = backbone
         self.describer_backbone = describer_backbone
@@ -98,10 +108,10 @@ class Scheduler:
         self._fatal: UserError | None = None
         # Set when the disk is full: the run stops at once, without waiting for units in flight.
         self._stop: OutOfSpace | None = None
-        self._again: list[Unit] = []
+        self._again: list[Subject] = []
         # Units marked completed whose files were found incomplete: studied again, checked once.
-        self._redo: set[Unit] = set()
-        self._attempts: dict[Unit, int] = {}
+        self._redo: set[Subject] = set()
+        self._attempts: dict[Subject, int] = {}
         self.stopped = False
 
     # -- budget ----------------------------------------------------------------------------
@@ -128,9 +138,11 @@ class Scheduler:
         return self._spent_finished + sum(i.spent_usd for i in self._in_flight)
 
     # -- the run ---------------------------------------------------------------------------
-    def run(self, units: list[Unit]) -> list[Investigation]:
+    def run(self, units: list[Unit | Subject]) -> list[Investigation]:
+        """Investigate each subject (a unit, or for a task of several units, a
+        :class:`~maia_core.task.Subject`)."""
         investigations: list[Investigation] = []
-        queue = list(units)
+        queue = [u if isinstance(u, Subject) else Subject.of(u) for u in units]
         try:
             with self._cond:
                 while (queue or self._in_flight or self._again) and self._stop is None:
@@ -141,7 +153,7 @@ class Scheduler:
                         inv = self._investigation(queue[0])
                         if (
                             not self.config.force
-                            and inv.unit not in self._redo
+                            and inv.subject not in self._redo
                             and self._resumable(inv)
                         ):
                             queue.pop(0)
@@ -169,15 +181,17 @@ class Scheduler:
                         queue.pop(0)
                         if holder is not None:
                             inv.skip_reason = f"being studied by another run: {holder}"
-                            self.info.locked.append(inv.unit)
+                            self.info.locked.append(inv.subject)
                             investigations.append(inv)
                             self._done()
                             self.reporters.unit_skipped(inv)
                             continue
-                        if not self._attempts.get(inv.unit):
+                        if not self._attempts.get(inv.subject):
                             investigations.append(inv)
                         else:  # a second attempt replaces the lost one in the list
-                            at = next(k for k, i in enumerate(investigations) if i.unit == inv.unit)
+                            at = next(
+                                k for k, i in enumerate(investigations) if i.subject == inv.subject
+                            )
                             investigations[at] = inv
                         self._start(inv, lock)
                     if not self._in_flight or self._stop is not None:
@@ -194,18 +208,26 @@ class Scheduler:
         self.info.spent_usd = self._spent()
         return investigations
 
-    def _investigation(self, unit: Unit) -> Investigation:
+    def _investigation(self, subject: Subject) -> Investigation:
         inv = Investigation(
-            unit,
+            subject.unit,
             self.config.target,
             self.backbone.name,
-            unit_dir(self.config.results, self.backbone.slug, self.config.target, unit),
+            unit_dir(
+                self.config.results,
+                self.backbone.slug,
+                self.config.target,
+                subject,
+                self.task_name,
+            ),
             describer=self.describer_name,
             tools=dict(self.info.tools),
             target_options=dict(self.config.target_options),
             bases=[list(b) for b in self.config.bases],
             provenance=dict(self.info.provenance),
             containment=self.info.containment,
+            subject=subject,
+            task=self.task_name,
         )
         inv.skip_reason = None
         return inv
@@ -222,7 +244,9 @@ class Scheduler:
         reason = None
         if (row.get("layer"), row.get("unit")) != (inv.unit.layer, inv.unit.index):
             reason = "its result.json is another unit's"
-        elif (inv.out_dir / "history.json").exists() and not holds_answer(inv.out_dir, inv.result):
+        elif (inv.out_dir / "history.json").exists() and not holds_answer(
+            inv.out_dir, inv.result, self.task
+        ):
             reason = "its history.json does not end with the answer result.json gives"
         else:
             inv.threshold = str(row.get("threshold") or "")
@@ -232,7 +256,7 @@ class Scheduler:
                 self._stop = out_of_space(inv, inv.save_error, self.config.results)
         if reason is None:
             return True
-        self._redo.add(inv.unit)
+        self._redo.add(inv.subject)
         if self._stop is None:
             sys.stderr.write(
                 f"maia: {inv.name} was marked completed, but {reason}; studying it again.\n"
@@ -263,8 +287,8 @@ class Scheduler:
             with self._cond:
                 self._in_flight.remove(inv)
                 if lost:
-                    self._attempts[inv.unit] = self._attempts.get(inv.unit, 0) + 1
-                    self._again.append(inv.unit)
+                    self._attempts[inv.subject] = self._attempts.get(inv.subject, 0) + 1
+                    self._again.append(inv.subject)
                 else:
                     if inv.result is not None and inv.result.rounds:
                         cost = inv.result.usage.cost_usd or 0.0
@@ -284,6 +308,8 @@ class Scheduler:
             self.reporters,
             max_rounds=self.config.max_rounds,
             describer=describer,
+            task=self.task,
+            reflection=self._reflection(inv),
         )
         # A completion marker left from an earlier study (--force, or one found incomplete)
         # must not outlive this one's files.
@@ -295,7 +321,7 @@ class Scheduler:
         except UnitNotSaved:
             pass  # inv.save_error says why; handled below, after the session is closed
         except SessionLost as exc:
-            if self._attempts.get(inv.unit, 0) + 1 < MAX_REASSIGN:
+            if self._attempts.get(inv.subject, 0) + 1 < MAX_REASSIGN:
                 sys.stderr.write(f"maia: {inv.name}: {exc}; starting it again on another\n")
                 return True
             self._fail(inv, exc)
@@ -323,7 +349,7 @@ class Scheduler:
                 return False
             self._fail(inv, inv.save_error, "its files could not be written: ")
         try:
-            inv.ground_truth = self.execution.ground_truth(inv.unit)
+            inv.ground_truth = self._ground_truth(inv.subject)
         except Exception as exc:  # noqa: BLE001 - the result still counts without it
             sys.stderr.write(f"maia: could not read the ground truth of {inv.name}: {exc}\n")
         self.reporters.unit_finished(inv)
@@ -341,6 +367,35 @@ class Scheduler:
             if not self._full(inv, exc):
                 sys.stderr.write(f"maia: {inv.name}: {inv.result.error}\n")
         return False
+
+    def _ground_truth(self, subject: Subject) -> dict[str, Any] | None:
+        """What the subject's units are known to do (read after the answer); a pair's truths
+        are ``{"units": [truth, truth]}``."""
+        if len(subject.units) == 1:
+            return self.execution.ground_truth(subject.unit)
+        truths = [self.execution.ground_truth(u) for u in subject.units]
+        return {"units": truths} if any(t is not None for t in truths) else None
+
+    def _reflection(self, inv: Investigation) -> Reflection | None:
+        """Reflection's checks for this investigation (``--reflect N``), or None."""
+        rounds = getattr(self.config, "reflect", 0) or 0
+        if rounds <= 0:
+            return None
+        subject = inv.subject
+
+        def measure(prompts: list[str], seed: int) -> tuple[list[float], list[Any]]:
+            return self.execution.render_and_measure(subject, prompts, seed)
+
+        return Reflection(
+            self.task,
+            measure,
+            rounds=rounds,
+            threshold=self.config.reflect_threshold,
+            k=self.config.reflect_k,
+            prompts=self.prompts,
+            evaluator=self.evaluator,
+            seed=subject_seed(self.config.seed, subject),
+        )
 
     def _full(self, inv: Investigation, exc: BaseException) -> bool:
         """A full disk stops the run (once), naming this unit; True if it did."""

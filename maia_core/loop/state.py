@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from maia_core.backbone import Usage
+from maia_core.task import Subject
 from maia_core.transcript import Message
 from maia_core.units import Unit
 
@@ -31,11 +32,16 @@ class Result:
     sandbox_restarts: int = 0
     started_at: str = ""
     finished_at: str = ""
+    # The task's structured part of the answer (e.g. reliance's claims), plain JSON data.
+    answer: dict[str, Any] = field(default_factory=dict)
+    # With --reflect: every check of an answer by prediction, and which answer was kept.
+    reflection: dict[str, Any] | None = None
 
 
 @dataclass
 class Investigation:
-    """The live state of one unit's investigation; reporters read it."""
+    """The live state of one investigation (of a unit, or of a subject of several units);
+    reporters read it."""
 
     unit: Unit
     target: str
@@ -66,10 +72,17 @@ class Investigation:
     # The first error of a reporter writing this unit's files: the unit is then not saved,
     # and is not marked completed.
     save_error: BaseException | None = field(default=None, repr=False)
+    # What is studied (the unit, or a pair for compare), and the task (maia_core.task).
+    subject: Subject | None = None
+    task: str = "describe"
+
+    def __post_init__(self) -> None:
+        if self.subject is None:
+            self.subject = Subject.of(self.unit)
 
     @property
     def name(self) -> str:
-        return f"{self.unit.layer}={self.unit.index}"
+        return str(self.subject)
 
     def to_json(self) -> dict[str, Any]:
         r = self.result or Result("running")
@@ -79,11 +92,15 @@ class Investigation:
             "bases": self.bases,
             "layer": self.unit.layer,
             "unit": self.unit.index,
+            "task": self.task,
+            "units": [{"layer": u.layer, "unit": u.index} for u in self.subject.units],
             "backbone": self.backbone,
             **({"describer": self.describer} if self.describer else {}),
             "status": r.status,
             "description": r.description,
             "label": r.label,
+            **({"answer": r.answer} if r.answer else {}),
+            **({"reflection": r.reflection} if r.reflection is not None else {}),
             "rounds": r.rounds,
             "wall_time_s": round(r.wall_time_s, 3),
             "usage": {**r.usage.to_json(), "per_round": r.rounds_usage},

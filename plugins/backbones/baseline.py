@@ -126,14 +126,16 @@ def make_baseline(arg: str | None, **options: str) -> BaselineBackbone:
     )
 
 
-def load_vocabulary(source: str) -> tuple[list[str], dict[str, set[str]]]:
-    """Object concepts to survey: the scenes text2image's (by stamp label), or a file's lines;
-    and for each, the folders its pictures are filed in (scenes only)."""
+def load_vocabulary(source: str, groups: bool = False) -> tuple[list[str], dict[str, set[str]]]:
+    """Object concepts to survey: the scenes text2image's (by stamp label, and with ``groups``
+    its group names too: "ball", "bird"), or a file's lines; and for each, the folders its
+    pictures are filed in (scenes only)."""
     if source == "scenes":
         from maia_plugins.tools.scene_language import SceneLanguage
 
         language = SceneLanguage.open()
-        concepts = [c for c in language.vocabulary() if c.kind == "object" and c.via == "label"]
+        vias = ("label", "group") if groups else ("label",)
+        concepts = [c for c in language.vocabulary() if c.kind == "object" and c.via in vias]
         folders = {c.name: {s.split("/")[-2] for s in c.stamps if "/" in s} for c in concepts}
         return [c.name for c in concepts], folders
     path = Path(source)
@@ -159,6 +161,7 @@ def prompt_for(concept: str) -> str:
 
 class BaselineBackbone(Backbone):
     model = "baseline"
+    writes_prompts = False  # its --reflect uses the task's template predictions
 
     def __init__(self, vocabulary: str, seed: int = 0):
         self.name = "baseline"
@@ -167,6 +170,20 @@ class BaselineBackbone(Backbone):
         # would be drawn as the colour.
         objects, self.folders = load_vocabulary(vocabulary)
         self.objects = [o for o in objects if o not in COLOURS and o not in BACKGROUNDS]
+        self.vocabulary = vocabulary
+        self._reliance_baseline: Any = None
+
+    def _reliance(self) -> Any:
+        """The reliance investigator, with every object and group name as a partner."""
+        if self._reliance_baseline is None:
+            from maia_plugins.backbones.baseline_reliance import RelianceBaseline
+
+            partners = self.objects
+            if self.vocabulary == "scenes":
+                names, _ = load_vocabulary("scenes", groups=True)
+                partners = [o for o in names if o not in COLOURS and o not in BACKGROUNDS]
+            self._reliance_baseline = RelianceBaseline(partners, self.seed)
+        return self._reliance_baseline
 
     # -- reading the transcript ------------------------------------------------------------
     @staticmethod
@@ -185,6 +202,17 @@ class BaselineBackbone(Backbone):
         if any(m.meta.get("kind") == "describer" for m in messages[:1]):
             raise BackboneError(
                 "the baseline cannot describe images; use --describer for describe_images"
+            )
+        task = next((m.meta.get("task") for m in messages if m.meta.get("kind") == "task"), None)
+        if task == "reliance":
+            return Reply(self._reliance().reply(messages), model="baseline")
+        if task == "compare":
+            from maia_plugins.backbones.baseline_compare import compare_reply
+
+            return Reply(compare_reply(self, messages), model="baseline")
+        if task not in (None, "describe"):
+            raise BackboneError(
+                f"the baseline investigates the describe, reliance and compare tasks, not {task!r}"
             )
         found = self._findings(messages)
         asked = sum(m.role == "assistant" for m in messages)

@@ -126,6 +126,8 @@ def _load(path: Path) -> Recording:
 
 
 class ReplayBackbone(Backbone):
+    writes_prompts = False  # it plays back an agent; reflection's checks use templates
+
     def __init__(self, path: Path):
         self.path = path
         self.name = f"replay:{path}"

@@ -26,6 +26,7 @@ from maia_core.images import data_uri, resize_longest
 from maia_core.loop.reporter import Reporter
 from maia_core.loop.results import holds_answer, read_result, result_from_json
 from maia_core.loop.state import Investigation
+from maia_core.task import Subject, task_named
 from maia_core.transcript import ImagePart, Message, TextPart, transcript_from_json
 from maia_core.units import Unit
 
@@ -68,6 +69,13 @@ table.index img { width: 64px; height: 64px; object-fit: cover; border-radius: 4
 a { color: var(--accent); }
 .truth { margin-top: 6px; color: #176b2c; }
 details.records { font-size: 13px; color: var(--muted); margin-top: 6px; }
+table.claims, table.cycles { border-collapse: collapse; margin: 8px 0; background: #fff; }
+table.claims th, table.claims td, table.cycles th, table.cycles td { border: 1px solid var(--line); padding: 3px 10px; text-align: left; }
+.reflection { background: #fff; border: 1px solid var(--line); border-radius: 8px; padding: 12px 16px; margin-top: 12px; }
+.cycle { margin: 10px 0; }
+.cycle .images img { width: 96px; height: 96px; object-fit: cover; }
+.kept { background: #dff3e4; }
+h2 { font-size: 17px; margin: 22px 0 8px; }
 """
 
 
@@ -154,6 +162,8 @@ def render_message(message: Message) -> str:
         "result": "Execution result",
         "correction": "maia",
         "final_request": "maia",
+        "incomplete_answer": "maia",
+        "reflection": f"Self-check {message.meta.get('cycle', '')} (reflection)",
     }.get(kind, "User")
     records = render_records(message.meta.get("tools") or [])
     return f'<section class="msg user"><div class="who">{who}</div>{render_parts(message.parts)}{records}</section>'
@@ -207,24 +217,110 @@ def render_report(inv: Investigation) -> str:
         rows.append(("Sandbox restarts", str(r["sandbox_restarts"])))
     if r["error"]:
         rows.append(("Error", f'<pre class="error">{html.escape(r["error"])}</pre>'))
+    task = task_named(inv.task)
+    if inv.task != "describe":
+        rows.insert(0, ("Task", html.escape(inv.task)))
     meta = "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in rows)
     answer = ""
     truth = ""
     if inv.ground_truth is not None:
-        truth = f'<div class="truth"><b>Ground truth:</b> {html.escape(describe_truth(inv.ground_truth))}</div>'
+        truth = f'<div class="truth"><b>Ground truth:</b> {html.escape(describe_truth(inv.ground_truth, task))}</div>'
     if r["description"] is not None:
         answer = (
             f'<div class="answer"><b>Label:</b> {html.escape(r["label"] or "")}'
-            f'<div class="prose"><b>Description:</b> {html.escape(r["description"])}</div>{truth}</div>'
+            f'<div class="prose"><b>Description:</b> {html.escape(r["description"])}</div>'
+            f"{task.answer_html(r)}{truth}</div>"
         )
     elif truth:
         answer = f'<div class="answer">{truth}</div>'
-    title = f"Unit {inv.unit.index} of {inv.unit.layer} in {inv.target}"
+    title = _title(inv)
     body = (
-        f'<header><div class="inner"><h1>{html.escape(title)}</h1><table class="meta">{meta}</table>{answer}</div></header>'
+        f'<header><div class="inner"><h1>{html.escape(title)}</h1><table class="meta">{meta}</table>{answer}'
+        f"{render_reflection(r.get('reflection'))}</div></header>"
         f"<main>{''.join(render_message(m) for m in inv.messages)}</main>"
     )
     return _page(title, body)
+
+
+def _title(inv: Investigation) -> str:
+    if len(inv.subject.units) > 1:
+        units = " and ".join(str(u) for u in inv.subject.units)
+        return f"{inv.task}: units {units} in {inv.target}"
+    head = f"Unit {inv.unit.index} of {inv.unit.layer} in {inv.target}"
+    return head if inv.task == "describe" else f"{inv.task}: {head}"
+
+
+def render_reflection(reflection: Any) -> str:
+    """Each check of an answer by prediction: the answer, its predictiveness, the threshold
+    and means, and every image with its prompt and score; the answer kept is marked."""
+    if not isinstance(reflection, dict) or not isinstance(reflection.get("cycles"), list):
+        return ""
+    kept = reflection.get("kept")
+    rows, figures = [], []
+    for c in reflection["cycles"]:
+        if not isinstance(c, dict):
+            continue
+        mark = ' class="kept"' if c.get("cycle") == kept else ""
+        cells = [
+            c.get("cycle"),
+            c.get("label"),
+            c.get("prompts"),
+            _num(c.get("mean_high")),
+            _num(c.get("mean_low")),
+            _num(c.get("threshold")),
+            _num(c.get("predictiveness")),
+            "kept" if c.get("cycle") == kept else ("passed" if c.get("passed") else "failed"),
+        ]
+        rows.append(f"<tr{mark}>" + "".join(f"<td>{_text(v)}</td>" for v in cells) + "</tr>")
+        thumbs = c.get("thumbnails") if isinstance(c.get("thumbnails"), list) else []
+        for side in ("high", "low"):
+            prompts = c.get(f"{side}_prompts") or []
+            scores = c.get(f"{side}_scores") or []
+            offset = 0 if side == "high" else len(c.get("high_prompts") or [])
+            items = []
+            for i, (prompt, score) in enumerate(zip(prompts, scores)):
+                thumb = thumbs[offset + i] if offset + i < len(thumbs) else None
+                img = (
+                    f'<img alt="" src="data:image/jpeg;base64,{html.escape(str(thumb))}">'
+                    if isinstance(thumb, str) and _BASE64.fullmatch(thumb)
+                    else ""
+                )
+                items.append(
+                    f"<figure>{img}<figcaption>{_text(prompt)}: {_num(score)}</figcaption></figure>"
+                )
+            figures.append(
+                f'<div class="cycle"><b>Check {_text(c.get("cycle"))}, predicted {side}</b>'
+                f'<div class="images">{"".join(items)}</div></div>'
+            )
+    head = "".join(
+        f"<th>{h}</th>"
+        for h in (
+            "Check",
+            "Answer checked",
+            "Prompts",
+            "Mean high",
+            "Mean low",
+            "Threshold",
+            "Predictiveness",
+            "",
+        )
+    )
+    return (
+        f'<div class="reflection"><b>Reflection</b> (up to {_text(reflection.get("rounds"))} '
+        f"more investigation(s); threshold {_num(reflection.get('threshold'))}; "
+        f"{_text(reflection.get('rule'))})"
+        f'<table class="cycles"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+        f"<details><summary>Each check's images</summary>{''.join(figures)}</details></div>"
+    )
+
+
+_BASE64 = re.compile(r"[A-Za-z0-9+/]+=*")
+
+
+def _num(value: Any) -> str:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return ""
+    return f"{value:.3g}"
 
 
 def first_image(messages: list[Message]) -> ImagePart | None:
@@ -243,13 +339,20 @@ def _thumbnail(part: ImagePart) -> bytes:
     return buf.getvalue()
 
 
-def describe_truth(truth: Any) -> str:
-    """A synthetic neuron's ground truth in a few words: ``or: dog, horse``."""
+def describe_truth(truth: Any, task: Any = None) -> str:
+    """A ground truth in a few words, as the task says it (a synthetic neuron's ``or: dog,
+    horse``); a pair's truths joined by ``|``."""
     if not isinstance(truth, dict):
         return str(truth)
-    concepts = truth.get("concepts")
-    names = ", ".join(map(str, concepts)) if isinstance(concepts, list) else str(concepts or "")
-    return f"{truth.get('mode', '')}: {names}".strip(": ")
+    task = task if task is not None else task_named("describe")
+    if isinstance(truth.get("units"), list):
+        return " | ".join(
+            task.truth_text(t) if isinstance(t, dict) else "unknown" for t in truth["units"]
+        )
+    try:
+        return task.truth_text(truth)
+    except Exception:  # noqa: BLE001 - a report shows whatever the results hold
+        return json.dumps(truth)[:200]
 
 
 INDEX_COLUMNS = (
@@ -329,7 +432,27 @@ class IndexRows:
 
 
 def render_index(results: Path, rows: list[dict[str, Any]] | None = None) -> str:
+    """A table of units per task (describe first), each with its task's answer columns."""
     rows = IndexRows(results).rows() if rows is None else rows
+    by_task: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        by_task.setdefault(str(row.get("task") or "describe"), []).append(row)
+    order = sorted(by_task, key=lambda t: (t != "describe", t))
+    sections = []
+    for name in order:
+        task = task_named(name)
+        table = _index_table(results, by_task[name], task)
+        heading = f"<h2>Task: {html.escape(name)}</h2>" if order != ["describe"] else ""
+        sections.append(heading + table)
+    body = (
+        f'<header><div class="inner"><h1>maia results</h1><p>{len(rows)} units</p></div></header>'
+        f"<main>{''.join(sections)}</main>"
+    )
+    return _page("maia results", body)
+
+
+def _index_table(results: Path, rows: list[dict[str, Any]], task: Any) -> str:
+    extra = tuple(task.index_columns)
     body_rows = []
     for row in rows:
         d: Path = row["_dir"]
@@ -352,26 +475,35 @@ def render_index(results: Path, rows: list[dict[str, Any]] | None = None) -> str
         label = row.get("label") or (
             row.get("error") if row.get("status") in ("failed", "unreadable") else ""
         )
-        truth = describe_truth(row["ground_truth"]) if row.get("ground_truth") is not None else ""
+        truth = (
+            describe_truth(row["ground_truth"], task) if row.get("ground_truth") is not None else ""
+        )
+        try:
+            cells_extra = [_text(c) for c in task.index_cells(row)] if row.get("label") else []
+        except Exception:  # noqa: BLE001 - an index shows whatever the results hold
+            cells_extra = []
+        cells_extra += [""] * (len(extra) - len(cells_extra))
+        unit = row.get("unit")
+        units = row.get("units")
+        if isinstance(units, list) and len(units) > 1:
+            unit = "+".join(str(u.get("unit")) for u in units if isinstance(u, dict))
         cells = [
             img,
             _text(row.get("backbone")),
             _text(row.get("target")),
             _text(row.get("layer")),
-            f'<a href="{link}">{_text(row.get("unit"))}</a>',
+            f'<a href="{link}">{_text(unit)}</a>',
             f'<span class="badge {status}">{status}</span>',
             _text(label),
+            *cells_extra[: len(extra)],
             _text(truth),
             _text(row.get("rounds")),
             cost_text,
         ]
         body_rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-    head = "".join(f"<th>{h}</th>" for h in INDEX_COLUMNS)
-    body = (
-        f'<header><div class="inner"><h1>maia results</h1><p>{len(rows)} units</p></div></header>'
-        f'<main><table class="index"><thead><tr>{head}</tr></thead><tbody>{"".join(body_rows)}</tbody></table></main>'
-    )
-    return _page("maia results", body)
+    columns = (*INDEX_COLUMNS[:7], *extra, *INDEX_COLUMNS[7:])
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in columns)
+    return f'<table class="index"><thead><tr>{head}</tr></thead><tbody>{"".join(body_rows)}</tbody></table>'
 
 
 def investigation_from_disk(out_dir: Path) -> Investigation | None:
@@ -384,6 +516,13 @@ def investigation_from_disk(out_dir: Path) -> Investigation | None:
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
     inv = Investigation(unit, str(row.get("target")), str(row.get("backbone")), out_dir, messages)
+    inv.task = str(row.get("task") or "describe")
+    units = row.get("units")
+    if isinstance(units, list) and len(units) > 1:
+        try:
+            inv.subject = Subject(tuple(Unit(str(u["layer"]), int(u["unit"])) for u in units))
+        except (KeyError, TypeError, ValueError):
+            return None
     inv.threshold = str(row.get("threshold") or "")
     inv.target_description = str(row.get("target_description") or "")
     inv.ground_truth = row.get("ground_truth")
@@ -422,8 +561,11 @@ class HtmlReporter(Reporter):
         from the history, if the history ends with the result's answer."""
         if _has_answer(inv.out_dir / "report.html", inv.result.label):
             return None
+        task = task_named(inv.task)
         rebuilt = (
-            investigation_from_disk(inv.out_dir) if holds_answer(inv.out_dir, inv.result) else None
+            investigation_from_disk(inv.out_dir)
+            if holds_answer(inv.out_dir, inv.result, task)
+            else None
         )
         if rebuilt is None:
             return (

@@ -1,6 +1,8 @@
-"""A third-party maia plugin: a tiny convolutional target and a tool that asks the backbone."""
+"""A third-party maia plugin: a tiny convolutional target, a tool that asks the backbone, and a
+task (is a unit driven by bright or by dark images?)."""
 
 from maia_core import hookimpl
+from maia_core.task import Answer, IncompleteAnswer, Task, answer_sections, first_line
 from maia_core.transcript import Message
 
 
@@ -48,3 +50,37 @@ class Caption:
             print(tools.caption("hello"))
         """
         return self.ctx.ask_backbone([Message.of("user", text)])
+
+
+@hookimpl
+def register_tasks(register):
+    register("polarity", Polarity, help="Does a unit prefer bright or dark images?")
+
+
+class Polarity(Task):
+    """A third party's task: is the unit driven by bright or by dark images?"""
+
+    answer_format = "[POLARITY]: <bright or dark>\n[LABEL]: <a short label>"
+    index_columns = ("Polarity",)
+
+    def system(self, target, subject, thresholds):
+        return target.system(subject.unit, threshold=thresholds[0])
+
+    def measure(self, system, images):
+        return system.call_neuron(images)[0]
+
+    def parse_answer(self, text):
+        found = answer_sections(text, ("POLARITY", "LABEL"))
+        if found is None:
+            return None
+        polarity = first_line(found["POLARITY"]).lower()
+        if polarity not in ("bright", "dark"):
+            raise IncompleteAnswer(f"[POLARITY] is bright or dark, not {polarity!r}.")
+        return Answer(found["POLARITY"], first_line(found["LABEL"]), {"polarity": polarity})
+
+    def index_cells(self, row):
+        return [row.get("answer", {}).get("polarity", "")]
+
+    def predictions(self, answer, attrs, k):
+        bright, dark = ["a plain white background"] * k, ["a plain black background"] * k
+        return (bright, dark) if answer.fields["polarity"] == "bright" else (dark, bright)
