@@ -117,17 +117,22 @@ class _PluginSet:
         self._registries: dict[str, Registry] = {}
 
     def load_entry_points(self, only: set[str] | None) -> None:
+        # A distribution's metadata is parsed once, not once per entry point: maia's own
+        # carries the whole README, and parsing it dozens of times was half of `maia --help`.
+        named: dict[Any, tuple[str | None, str | None]] = {}
         for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
             if only is not None and ep.name not in only:
                 continue
             if ep.name in self.infos:  # the same distribution seen twice on sys.path
                 continue
             dist = getattr(ep, "dist", None)
+            where = getattr(dist, "_path", None) or id(dist)
+            if dist is not None and where not in named:
+                meta = dist.metadata
+                named[where] = (meta["Name"], meta["Version"])
+            distribution, version = named.get(where, (None, None))
             info = PluginInfo(
-                name=ep.name,
-                module=ep.value,
-                distribution=dist.metadata["Name"] if dist else None,
-                version=dist.version if dist else None,
+                name=ep.name, module=ep.value, distribution=distribution, version=version
             )
             self.infos[ep.name] = info
             try:
