@@ -226,9 +226,13 @@ class Task:
     def score(self, scorer: Any, result: dict[str, Any]) -> dict[str, Any] | None:
         """``maia eval``'s hook: this task's scores of a finished unit (``result`` is its
         ``result.json``), or None for the evaluation's own (MAIA's predictive protocol and
-        synthetic neurons' ground truth). ``scorer`` gives what scoring needs without the
-        model: ``render_and_measure(subject, prompts, seed)``, ``ground_truth(unit)``,
-        ``similarity(a, b)``, ``seed``; see ``maia_plugins.evaluation``."""
+        synthetic neurons' ground truth). The ground truth is ``result["ground_truth"]``, as the
+        run recorded and signed it. ``scorer`` (``maia_plugins.evaluation.evaluate.Scorer``)
+        gives the rest: ``render_and_measure(subject, prompts, seed)`` and
+        ``predictive(subject, high, low, seed)`` (rendered with the text2image in use, scored by
+        this task's :meth:`measure`), ``attrs(subject)`` (system's plain attributes),
+        ``similarity(a, b)`` (MiniLM), ``concepts(text)`` (the scenes matcher), ``n`` and
+        ``seed``. Return the record's ``predictive`` and ``ground_truth``."""
         return None
 
 

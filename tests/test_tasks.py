@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 from fake_providers import FakeProvider, reply
@@ -469,3 +470,105 @@ def test_a_completed_compare_unit_is_skipped_on_the_next_run(with_thirdparty, tm
     assert inv.skip_reason == "completed" and "studying it again" not in capsys.readouterr().err
     report = tmp_path / "r/replay-replay_compare/toynet/compare/conv2/0+1/report.html"
     assert "<td>unit 1</td><td>conv2=0</td><td>red</td>" in report.read_text()  # rebuilt
+
+
+# -- maia eval scores the new tasks ---------------------------------------------------------------
+
+
+def test_eval_scores_reliance_claims_against_the_planted_truth(reliance_run, tmp_path):
+    import csv
+
+    from maia_plugins.evaluation.commands import run_eval
+
+    out_dir, unit = reliance_run
+    records = run_eval([out_dir], out=tmp_path / "e", n=4, device="cpu", quiet=True)
+    [record] = records
+    truth = record["ground_truth"]
+    assert (record["task"], record["reflect"]) == ("reliance", 2)
+    assert truth["category_right"] and truth["value_right"] and truth["exact"]
+    assert (truth["category"], truth["value"], truth["alpha"]) == ("background", "grass", 0.9)
+    # held-out renders from the claim, and from the truth (the ceiling): zebras on grass
+    # against zebras elsewhere, scored by the class
+    predictive = record["predictive"]
+    assert predictive["positive_prompts"] == ["a zebra on grass"] * 4
+    assert predictive["negative_prompts"][0] == "a zebra on gravel"
+    assert predictive["predictiveness"] == 1.0 and truth["ceiling"] == 1.0
+    [row] = list(csv.DictReader((tmp_path / "e/eval.csv").open()))
+    assert (row["task"], row["reflect"], row["category_pct"], row["value_pct"]) == (
+        "reliance",
+        "2",
+        "100.0",
+        "100.0",
+    )
+    page = (tmp_path / "e/eval.html").read_text()
+    assert "<th>Category</th>" in page and "<th>Ceiling (truth)</th>" in page
+    assert (tmp_path / "e/plots/task_scores.png").is_file()
+
+
+def test_eval_of_compare_asks_whether_the_difference_names_what_differs(tmp_path):
+    from maia_plugins.evaluation.commands import run_eval
+
+    pairs = tmp_path / "pairs.json"
+    # zebra vs zebra AND grass (differ: grass); duck vs duck AND blue (differ: blue)
+    pairs.write_text('[["mono=0", "and=0"], ["mono=2", "and=2"]]')
+    turns = write_replay(
+        tmp_path / "t.json",
+        ["[DIFFERENCE]: Unit 2 needs grass as well; unit 1 does not.\n[LABEL 1]: zebra\n"
+         "[LABEL 2]: zebra and grass"],
+    )  # fmt: skip
+    run(
+        RunConfig(
+            target="synthetic:offline",
+            pairs=str(pairs),
+            task="compare",
+            backbone=f"replay:{turns}",
+            results=tmp_path / "r",
+            sandbox="none",
+            reporters=["json"],
+            device="cpu",
+        )
+    )
+    records = run_eval([tmp_path / "r"], out=tmp_path / "e", n=3, device="cpu", quiet=True)
+    by_pair = {tuple(u["unit"] for u in r["units"]): r["ground_truth"] for r in records}
+    assert by_pair[(0, 0)]["differ"] == ["grass"] and by_pair[(0, 0)]["names_difference"]
+    assert by_pair[(0, 0)]["exact"] is True  # both labels name their unit's concepts
+    assert by_pair[(2, 2)]["differ"] == ["blue"] and not by_pair[(2, 2)]["names_difference"]
+    assert "50.0" in (tmp_path / "e/eval.csv").read_text()
+
+
+def test_bench_runs_each_task_s_set_once_per_reflect(tmp_path):
+    """maia bench --task: the task's default set, and each --reflect a run of its own."""
+    from maia_core.errors import UserError
+    from maia_plugins.evaluation.commands import check_bench
+
+    def configs(**kw):
+        return check_bench(
+            ["baseline"], evaluator=None, n=3, results=tmp_path / "b", max_rounds=5, **kw
+        )
+
+    reliance = configs(task="reliance", reflect=[0, 2])
+    assert [(c.target, c.units, c.task, c.reflect) for c in reliance] == [
+        ("reliance:offline", "output", "reliance", 0),
+        ("reliance:offline", "output", "reliance", 2),
+    ]
+    assert [c.results for c in reliance] == [tmp_path / "b/reflect-0", tmp_path / "b/reflect-2"]
+    [describe] = configs()
+    assert (describe.target, describe.units, describe.results) == (
+        "synthetic:offline",
+        "mono:or:and",
+        tmp_path / "b",
+    )
+    [compare] = configs(task="compare")
+    pairs = json.loads(Path(compare.pairs).read_text())
+    # every OR and AND neuron beside the single-concept neuron of one of its concepts
+    assert ["mono=0", "and=0"] in pairs and [
+        "mono=0",
+        "or=0",
+    ] in pairs  # zebra | zebra_grass, zebra_tiger
+    assert all(a.startswith("mono=") and b.split("=")[0] in ("and", "or") for a, b in pairs)
+    with pytest.raises(UserError, match="Unknown task 'nope'"):
+        configs(task="nope")
+    with pytest.raises(UserError, match="--reflect must be at most 20"):
+        configs(task="reliance", reflect=[0, 99])
+    with pytest.raises(UserError, match="pairs a synthetic set's neurons"):
+        configs(task="compare", target="reliance:offline")

@@ -119,8 +119,11 @@ class Check:
             ("LOW", self.low, low, self.images[len(high) :]),
         ):
             for prompt, score, image in zip(prompts, scores, images):
-                level = "high" if score > self.threshold else "low"
-                ok = "as predicted" if level == side.lower() else "NOT as predicted"
+                if score == self.threshold:  # on the threshold: on neither side
+                    level, ok = "at the threshold", "NOT as predicted"
+                else:
+                    level = "high" if score > self.threshold else "low"
+                    ok = "as predicted" if level == side.lower() else "NOT as predicted"
                 parts.append(ImagePart.from_pil(_shrink(image, SHOWN)))
                 parts.append(
                     TextPart(

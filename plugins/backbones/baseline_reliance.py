@@ -30,11 +30,11 @@ from __future__ import annotations
 
 import json
 import re
-import statistics
 from itertools import combinations
 from typing import Any
 
 from maia_core.transcript import Message
+from maia_plugins.backbones.baseline import merge_lookalikes
 from maia_plugins.tasks import reliance_words as words
 
 # Images per value in the sweeps, and per cell of the crossing and the confirmation.
@@ -48,6 +48,14 @@ LARGE = 0.5
 # Below this spread (in score units) nothing moves the score.
 FLAT = 0.02
 MAX_RUNNERS = 3
+MAX_PARTNERS = 6
+# Other objects whose names the scenes text2image reads as a background or a colour ("a field
+# gun" brings a field of grass): beside the class's object they would test that, not them.
+_SCENERY = {
+    "grass", "field", "lawn", "meadow", "sand", "beach", "desert", "snow", "water", "sea",
+    "ocean", "lake", "river", "sky", "space", "gravel", "brick", "wall", "sunset", "landscape",
+    "night", "plain",
+}  # fmt: skip
 # Categories the sweeps vary (cooccurrence and relation are found through other objects).
 SWEPT = (
     "color",
@@ -76,7 +84,8 @@ class RelianceBaseline:
     """Writes the next experiment of a reliance investigation from the transcript so far."""
 
     def __init__(self, partners: list[str], seed: int = 0):
-        self.partners = partners
+        scenery = _SCENERY | set(words.COLOURS)
+        self.partners = [p for p in partners if not set(p.lower().split()) & scenery]
         self.seed = seed
 
     # -- reading the transcript ------------------------------------------------------------
@@ -142,14 +151,29 @@ class RelianceBaseline:
             for a in range(0, n, BLOCK)
         ]
         blocks.append(
-            "means = {}\n"
+            "seen = {}\n"
             "for (k, _), s in zip(flat, scores):\n"
-            "    means.setdefault(k, []).append(s)\n"
-            "means = {k: sum(v) / len(v) for k, v in means.items()}\n"
+            "    seen.setdefault(k, []).append(s)\n"
+            "means = {k: sum(v) / len(v) for k, v in seen.items()}\n"
+            "sds = {k: (sum((x - means[k]) ** 2 for x in v) / len(v)) ** 0.5 for k, v in seen.items()}\n"
             "ranked = sorted(means, key=lambda k: -means[k])\n"
             "for k in ranked[:3] + ranked[-3:]:\n"
             "    tools.display(first[k], f'{means[k]:.3f}  {k}')\n"
-            "out = {'object': obj, 'means': {k: round(v, 5) for k, v in means.items()}}\n"
+            "# Long lists (pairs of values, other objects) are summarised: the strongest, and the\n"
+            "# median of all.\n"
+            "def strongest(prefix, n):\n"
+            "    keys = sorted((k for k in means if k.startswith(prefix)), key=lambda k: -means[k])\n"
+            "    return keys[:n], (means[keys[len(keys) // 2]] if keys else None)\n"
+            "pairs, pair_median = strongest('pair:', 20)\n"
+            "withs, with_median = strongest('with=', 16)\n"
+            "kept = [k for k in means if not k.startswith(('pair:', 'with='))] + pairs + withs\n"
+            "out = {'object': obj, 'means': {k: round(means[k], 4) for k in kept},\n"
+            "       'sds': {k: round(sds[k], 4) for k in kept if sds[k] > 1e-4\n"
+            "               and not k.startswith('with=')}}\n"
+            "if pairs:\n"
+            "    out['pair_median'] = pair_median\n"
+            "if withs:\n"
+            "    out['with_median'] = with_median\n"
             f"{extra}"
             f"print('{mark} ' + json.dumps(out))\n"
         )
@@ -176,13 +200,16 @@ class RelianceBaseline:
 
     def cross(self, sweep: dict[str, Any]) -> str:
         means = sweep.get("means") or {}
-        ranked = rank(means)
+        ranked = rank(means, sweep.get("sds"))
         cases: dict[str, list[str]] = {}
-        plan: dict[str, Any] = {"ranked": ranked[: 1 + MAX_RUNNERS]}
-        if ranked and ranked[0]["spread"] >= FLAT:
+        plan: dict[str, Any] = {
+            "ranked": ranked[: 1 + MAX_RUNNERS],
+            "crossed": ranked[0]["category"] if ranked else None,
+        }
+        if ranked and ranked[0]["effect"] >= FLAT:
             top = ranked[0]
             for other in ranked[1 : 1 + MAX_RUNNERS]:
-                if other["spread"] < RUNNER_UP * top["spread"]:
+                if other["effect"] < RUNNER_UP * top["effect"]:
                     break
                 for a in ("high", "low"):
                     for b in ("high", "low"):
@@ -200,7 +227,7 @@ class RelianceBaseline:
                         if va == words.DEFAULTS.get(ca) or vb == words.DEFAULTS.get(cb):
                             continue
                         cases[f"pair:{ca}={va}&{cb}={vb}"] = [prompt({ca: va, cb: vb})]
-        partner = best_partner(means)
+        partner = best_partner(sweep)
         if partner:
             plan["partners"] = partner
             for p in partner:
@@ -282,7 +309,8 @@ class RelianceBaseline:
     def answer(self, found: dict[str, Any], skip: int = 0) -> str:
         obj = (found.get("RSWEEP") or {}).get("object", "object")
         if skip:
-            ranked = [r for r in rank((found.get("RSWEEP") or {}).get("means") or {})]
+            sweep = found.get("RSWEEP") or {}
+            ranked = rank(sweep.get("means") or {}, sweep.get("sds"))
             claim = (
                 {"claims": [ranked[skip]], "combine": "single"}
                 if skip < len(ranked)
@@ -331,10 +359,23 @@ class RelianceBaseline:
 # -- deciding --------------------------------------------------------------------------------------
 
 
-def rank(means: dict[str, float]) -> list[dict[str, Any]]:
-    """Each swept category's effect (the spread of its values' mean scores), strongest first;
-    one of two categories that say the same thing (background, background colour): the one
-    whose high values are fewer."""
+def _noise(sds: dict[str, float], keys: list[str], n: int) -> float:
+    """Twice the standard error of a mean of ``n`` images, from the values' spread within."""
+    if not keys:
+        return 0.0
+    rms = (sum(float(sds.get(k, 0.0)) ** 2 for k in keys) / len(keys)) ** 0.5
+    return 2 * rms / n**0.5
+
+
+def rank(
+    means: dict[str, float], sds: dict[str, float] | None = None, n: int = REPEATS
+) -> list[dict[str, Any]]:
+    """Each swept category's effect, strongest first: the spread of its values' mean scores,
+    less the noise of a mean (an object the renderer mirrors at random scores differently
+    for the same prompt, and a few images per value then spread by chance). Of two
+    categories that say the same thing (background, background colour), the one whose high
+    values are fewer."""
+    sds = sds or {}
     by_cat: dict[str, dict[str, float]] = {}
     for key, mean in means.items():
         cat, sep, value = key.partition("=")
@@ -352,119 +393,157 @@ def rank(means: dict[str, float]) -> list[dict[str, Any]]:
         default = words.DEFAULTS.get(cat)
         low = default if default in lows and default != high else low
         highs = [v for v in values if values[v] >= values[high] - 0.25 * spread]
+        noise = _noise(sds, [f"{cat}={v}" for v in values], n)
         out.append(
             {
                 "category": cat,
                 "high": high,
                 "low": low,
                 "spread": spread,
+                "effect": spread - noise,
                 "high_mean": values[high],
                 "low_mean": values[low],
                 "highs": len(highs),
+                "values": len(values),
             }
         )
-    out.sort(key=lambda r: (-round(r["spread"], 3), r["highs"]))
+    out.sort(key=lambda r: (-round(r["effect"], 3), r["highs"]))
     kept: list[dict[str, Any]] = []
     for r in out:
         twin = next((k for k in kept if frozenset((k["category"], r["category"])) in SAME), None)
         if twin is None:
             kept.append(r)
-        elif r["highs"] < twin["highs"] and r["spread"] >= 0.8 * twin["spread"]:
+        elif r["highs"] < twin["highs"] and r["effect"] >= 0.8 * twin["effect"]:
             kept[kept.index(twin)] = r
     return kept
 
 
-def best_partner(means: dict[str, float]) -> list[str]:
+def best_partner(sweep: dict[str, Any]) -> list[str]:
     """The other objects of the image that scored furthest above the median of all such
-    images, when any stands out: the pair it came in, to narrow."""
+    images (the sweep's ``with_median``), when any stands out: those to narrow."""
+    means, sds = sweep.get("means") or {}, sweep.get("sds")
     groups = {k[5:]: v for k, v in means.items() if k.startswith("with=")}
-    if len(groups) < 3:
+    median = sweep.get("with_median")
+    if not groups or not isinstance(median, (int, float)):
         return []
-    median = statistics.median(groups.values())
     top = max(groups, key=groups.get)
-    spreads = [r["spread"] for r in rank(means)]
+    effects = [r["effect"] for r in rank(means, sds)]
     lift = groups[top] - median
-    if lift < FLAT or (spreads and lift < RUNNER_UP * max(spreads)):
+    if lift < FLAT or (effects and lift < RUNNER_UP * max(effects)):
         return []
-    return top.split("|")
+    # Every pair about as strong: look-alikes of one object (a basketball, a tennis ball).
+    tied = sorted((g for g in groups if groups[g] >= groups[top] - 0.1 * lift), key=groups.get)
+    names = [n for g in reversed(tied) for n in g.split("|")]
+    return list(dict.fromkeys(names))[:MAX_PARTNERS]
+
+
+def _candidate(
+    cat: str, high: str, low: str, spread: float, high_mean: float, noise: float = 0.0
+) -> dict[str, Any]:
+    return {
+        "category": cat,
+        "high": high,
+        "low": low,
+        "spread": spread,
+        "effect": spread - noise,
+        "high_mean": high_mean,
+        "low_mean": high_mean - spread,
+        "highs": 1,
+        "values": 2,
+    }
+
+
+def partner_candidate(cross: dict[str, Any]) -> dict[str, Any] | None:
+    """A co-occurring object (its presence raises the score), or the relation to it (where it
+    is raises it more)."""
+    cmeans, csds = cross.get("means") or {}, cross.get("sds") or {}
+    partners = (cross.get("plan") or {}).get("partners") or []
+    if not partners or "alone:none" not in cmeans:
+        return None
+    base = cmeans["alone:none"]
+    best = max(partners, key=lambda p: cmeans.get(f"alone:{p}", -1))
+    lift = cmeans.get(f"alone:{best}", base) - base
+    # Look-alikes that raise it as much are one object, named by the word they share.
+    strong = [p for p in partners if cmeans.get(f"alone:{p}", base) - base >= 0.8 * lift]
+    strong.sort(key=lambda p: -cmeans.get(f"alone:{p}", base))
+    name, members = merge_lookalikes(strong)[0] if strong else (best, [best])
+    noise = _noise(csds, [f"alone:{best}", "alone:none"], CROSS_REPEATS)
+    rels = {r: cmeans.get(f"rel:{r} {best}") for r in words.RELATION_WORDS}
+    rels = {r: v for r, v in rels.items() if v is not None}
+    if rels:
+        rhigh, rlow = max(rels, key=rels.get), min(rels, key=rels.get)
+        rspread = rels[rhigh] - rels[rlow]
+        rnoise = _noise(csds, [f"rel:{r} {best}" for r in rels], CROSS_REPEATS)
+        if rspread - rnoise >= max(LARGE * lift, FLAT):
+            low = words.OPPOSITE[rhigh]
+            return _candidate(
+                "relation",
+                f"{rhigh} {name}",
+                f"{low} {name}",
+                rels[rhigh] - rels.get(low, rels[rlow]),
+                rels[rhigh],
+                rnoise,
+            )
+    if lift - noise >= FLAT:
+        return _candidate("cooccurrence", name, "none", lift, base + lift, noise)
+    return None
 
 
 def decide(found: dict[str, Any]) -> dict[str, Any]:
     """The claims the findings so far support: ``{"claims": [...], "combine": ...}``."""
-    sweep = (found.get("RSWEEP") or {}).get("means") or {}
+    sweep_found = found.get("RSWEEP") or {}
+    sweep = sweep_found.get("means") or {}
     cross = found.get("RCROSS") or {}
     cmeans = cross.get("means") or {}
-    ranked = rank(sweep)
+    ranked = rank(sweep, sweep_found.get("sds"))
     candidates: list[dict[str, Any]] = list(ranked)
-    # A co-occurring object, or the relation to it.
-    partners = (cross.get("plan") or {}).get("partners") or []
-    if partners and "alone:none" in cmeans:
-        base = cmeans["alone:none"]
-        best = max(partners, key=lambda p: cmeans.get(f"alone:{p}", -1))
-        lift = cmeans.get(f"alone:{best}", base) - base
-        rels = {r: cmeans.get(f"rel:{r} {best}") for r in words.RELATION_WORDS}
-        rels = {r: v for r, v in rels.items() if v is not None}
-        if rels:
-            rhigh = max(rels, key=rels.get)
-            rlow = min(rels, key=rels.get)
-            rspread = rels[rhigh] - rels[rlow]
-        else:
-            rspread = 0.0
-        if rels and rspread >= LARGE * max(lift, 1e-9) and rspread >= FLAT:
-            candidates.append(
-                {
-                    "category": "relation",
-                    "high": f"{rhigh} {best}",
-                    "low": f"{words.OPPOSITE[rhigh]} {best}",
-                    "spread": rspread,
-                    "high_mean": rels[rhigh],
-                    "low_mean": rels.get(words.OPPOSITE[rhigh], rels[rlow]),
-                    "highs": 1,
-                }
-            )
-        elif lift >= FLAT:
-            candidates.append(
-                {
-                    "category": "cooccurrence",
-                    "high": best,
-                    "low": "none",
-                    "spread": lift,
-                    "high_mean": base + lift,
-                    "low_mean": base,
-                    "highs": 1,
-                }
-            )
+    partner_claim = partner_candidate(cross)
+    if partner_claim is not None:
+        candidates.append(partner_claim)
     flip = cross.get("flip") or []
     if flip:
-        spread = sum(flip) / len(flip)
+        mean = sum(flip) / len(flip)
+        sd = (sum((f - mean) ** 2 for f in flip) / len(flip)) ** 0.5
+        top_score = max(sweep.values(), default=0.0)
         candidates.append(
-            {
-                "category": "orientation",
-                "high": "flipped",
-                "low": "upright",
-                "spread": spread,
-                "high_mean": max(sweep.values(), default=0.0),
-                "low_mean": max(sweep.values(), default=0.0) - spread,
-                "highs": 1,
-            }
+            _candidate(
+                "orientation", "flipped", "upright", mean, top_score, 2 * sd / len(flip) ** 0.5
+            )
         )
-    candidates.sort(key=lambda r: (-round(r["spread"], 3), r["highs"]))
-    if not candidates or candidates[0]["spread"] < FLAT:
-        pair = best_pair(cmeans, sweep)
+    candidates.sort(key=lambda r: (-round(r["effect"], 3), r["highs"]))
+    if not candidates or candidates[0]["effect"] < FLAT:
+        pair = best_pair(cmeans, cross.get("pair_median"))
         return pair or {"claims": [], "combine": "none"}
     top = candidates[0]
+    big = LARGE * top["effect"]
+    # Another object (or where it is) that raises the score by itself, beside a category that
+    # does too: either is enough.
+    if (
+        top is partner_claim
+        and ranked
+        and ranked[0]["effect"] >= big
+        and not _confounded(top, ranked[0])
+    ):
+        return {"claims": [top, ranked[0]], "combine": "or"}
+    if (
+        partner_claim is not None
+        and top is not partner_claim
+        and partner_claim["effect"] >= big
+        and not _confounded(top, partner_claim)
+    ):
+        return {"claims": [top, partner_claim], "combine": "or"}
     chosen = top
     combine = "single"
     partner = None
-    for other in ranked:
-        if other["category"] == top["category"]:
+    crossed = (cross.get("plan") or {}).get("crossed")
+    for other in ranked if top["category"] == crossed else ():
+        if other["category"] == top["category"] or _confounded(top, other):
             continue
         cells = {ab: cmeans.get(f"x:{other['category']}:{ab}") for ab in ("hh", "hl", "lh", "ll")}
         if any(v is None for v in cells.values()):
             continue
         a_alone = cells["hl"] - cells["ll"]
         b_alone = cells["lh"] - cells["ll"]
-        big = LARGE * top["spread"]
         if a_alone >= big and b_alone >= big:
             combine, partner = "or", other
             break
@@ -477,27 +556,53 @@ def decide(found: dict[str, Any]) -> dict[str, Any]:
     claims = [chosen] + ([partner] if partner is not None else [])
     if combine == "single":
         second = found.get("RSECOND") or {}
-        smeans = second.get("means") or {}
-        held = rank(smeans)
-        base = {r["category"]: r["spread"] for r in ranked}
+        held = rank(second.get("means") or {}, second.get("sds"))
+        base = {r["category"]: r["effect"] for r in ranked}
         for r in held:
-            if r["category"] == chosen["category"]:
+            if r["category"] == chosen["category"] or _confounded(chosen, r):
                 continue
+            # A planted-like condition holds for one value (or few) of a category: most values
+            # low. A category most of whose values stay high only has a value that undoes the
+            # first reliance (an orange background hides a red corner patch).
+            selective = r["values"] < 4 or r["highs"] <= r["values"] // 2
             if (
-                r["spread"] >= LARGE * chosen["spread"]
-                and base.get(r["category"], 0) < RUNNER_UP * r["spread"]
+                selective
+                and r["effect"] >= LARGE * chosen["effect"]
+                and base.get(r["category"], 0) < RUNNER_UP * r["effect"]
             ):
                 return {"claims": [chosen, r], "combine": "and"}
     return {"claims": claims, "combine": combine}
 
 
-def best_pair(cmeans: dict[str, float], sweep: dict[str, float]) -> dict[str, Any] | None:
+# Categories whose renders cannot vary apart: a greyscale image has no colour; several
+# instances are smaller and spread over the image; a big object cannot be off-centre.
+CONFOUNDED = {
+    frozenset(("color", "grayscale")),
+    frozenset(("background_color", "grayscale")),
+    frozenset(("position", "count")),
+    frozenset(("size", "count")),
+    frozenset(("size", "position")),
+    # a rotated image puts the top at the bottom, and one object above another below it
+    frozenset(("position", "orientation")),
+    frozenset(("relation", "orientation")),
+    # another object in the image makes the class's object smaller and moves it aside
+    frozenset(("position", "relation")),
+    frozenset(("position", "cooccurrence")),
+    frozenset(("size", "relation")),
+    frozenset(("size", "cooccurrence")),
+}
+
+
+def _confounded(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    return frozenset((a["category"], b["category"])) in CONFOUNDED
+
+
+def best_pair(cmeans: dict[str, float], median: float | None) -> dict[str, Any] | None:
     """From values of two categories tried together: the pair that scores far above the
-    rest, an AND of both (when any stands out)."""
+    rest (their median), an AND of both (when any stands out)."""
     pairs = {k[5:]: v for k, v in cmeans.items() if k.startswith("pair:")}
-    if len(pairs) < 3:
+    if not pairs or median is None:
         return None
-    median = statistics.median(pairs.values())
     top = max(pairs, key=pairs.get)
     if pairs[top] - median < FLAT:
         return None
@@ -505,17 +610,7 @@ def best_pair(cmeans: dict[str, float], sweep: dict[str, float]) -> dict[str, An
     for part in top.split("&"):
         cat, _, value = part.partition("=")
         low = words.DEFAULTS.get(cat) or words.other_value(cat, value) or ""
-        claims.append(
-            {
-                "category": cat,
-                "high": value,
-                "low": low,
-                "spread": pairs[top] - median,
-                "high_mean": pairs[top],
-                "low_mean": median,
-                "highs": 1,
-            }
-        )
+        claims.append(_candidate(cat, value, low, pairs[top] - median, pairs[top]))
     return {"claims": claims, "combine": "and"}
 
 

@@ -16,6 +16,12 @@ from maia_core.errors import UserError
 from maia_core.files import full_disk_stops
 
 DEFAULT_SET = "synthetic:offline"
+# Each task's default set for maia bench --task: (target, units; None: pairs of the set).
+TASK_SETS = {
+    "describe": ("synthetic:offline", "mono:or:and"),
+    "reliance": ("reliance:offline", "output"),
+    "compare": ("synthetic:offline", None),
+}
 EVAL_INTERRUPTED = (
     "Interrupted. The units scored so far keep their eval.json; run the same command again "
     "to score the others (scored units are not scored again).\n"
@@ -121,14 +127,32 @@ def register_commands(cli):
             "-b",
             help="Backbones to compare (repeatable): baseline, claude, gpt-4o, ...",
         ),
-        target: str = typer.Option(
-            DEFAULT_SET, "--set", "--target", help="The synthetic set (or any target) to study."
+        task: str = typer.Option(
+            "describe",
+            "--task",
+            help="describe (synthetic:offline's neurons), reliance (reliance:offline's classes) or compare (pairs of synthetic:offline's neurons whose concepts overlap).",
         ),
-        units: str = typer.Option(
-            "mono:or:and",
+        target: str | None = typer.Option(
+            None,
+            "--set",
+            "--target",
+            help="The set (or any target) to study. Default: the task's set.",
+        ),
+        units: str | None = typer.Option(
+            None,
             "--units",
             "-u",
-            help="Units, as for maia run (default: every neuron of the set).",
+            help="Units, as for maia run (default: every unit of the task's set).",
+        ),
+        pairs: Path | None = typer.Option(
+            None,
+            "--pairs",
+            help="For --task compare: the pairs, as for maia run (default: the set's neurons that share a concept).",
+        ),
+        reflect: list[int] = typer.Option(
+            [0],
+            "--reflect",
+            help="Self-reflection rounds, as for maia run; repeatable (--reflect 0 --reflect 2), each a run of its own, compared in the table.",
         ),
         results: Path = typer.Option(
             Path("bench"), "--results", help="Results folder of the benchmark."
@@ -150,14 +174,17 @@ def register_commands(cli):
         ),
         force: bool = typer.Option(False, "--force"),
     ) -> None:
-        """Benchmark backbones on synthetic neurons: run each, evaluate, and write the table, plots and eval.html."""
+        """Benchmark backbones on a task's set: run each (with each --reflect), evaluate, and write the table, plots and eval.html."""
         from maia_core.options import parse_pairs
 
         options = parse_pairs(backbone_option, "--backbone-option")
         configs = check_bench(
             backbone,
+            task=task,
+            reflect=reflect,
             target=target,
             units=units,
+            pairs=pairs,
             results=results,
             concurrency=concurrency,
             max_rounds=max_rounds,
@@ -184,24 +211,63 @@ def register_commands(cli):
             raise typer.Exit(1)
 
 
-def check_bench(backbones: list[str], *, evaluator: str | None, n: int, **config: Any) -> list[Any]:
+def check_bench(
+    backbones: list[str],
+    *,
+    evaluator: str | None,
+    n: int,
+    task: str = "describe",
+    reflect: list[int] | None = None,
+    target: str | None = None,
+    units: str | None = None,
+    pairs: Path | None = None,
+    **config: Any,
+) -> list[Any]:
     """Every option of ``maia bench``, each a one-line error, before any investigation: the
-    output folder, the numbers, the target and units, each backbone and the evaluator (names,
-    keys, prices for --budget-usd). Returns the runs' configurations."""
+    task and its set, the output folder, the numbers, the target and units, each backbone and
+    the evaluator (names, keys, prices for --budget-usd). Returns the runs' configurations:
+    one per backbone and --reflect value (each value's results in ``reflect-N/`` when there
+    are several, or any above 0)."""
     from maia_core import plugins
     from maia_core.loop.run import (
         RunConfig,
         check_config,
         make_backbone,
         make_backbones,
+        make_run_task,
         selection,
     )
     from maia_plugins.evaluation.evaluate import check_options
 
     check_options("llm" if evaluator else "template", evaluator is not None, n)
-    configs = [RunConfig(backbone=name, **config) for name in backbones]
+    plugins.registry("tasks").resolve(task)
+    default_target, default_units = TASK_SETS.get(task, (DEFAULT_SET, "mono:or:and"))
+    target = target or default_target
+    reflect = list(dict.fromkeys(reflect or [0]))
+    results = Path(config.pop("results"))
+    if task == "compare" and units is None and pairs is None:
+        pairs = overlapping_pairs(target, results)
+    elif units is None and pairs is None:
+        units = default_units
+    configs = []
+    for n_reflect in reflect:
+        root = results if reflect == [0] else results / f"reflect-{n_reflect}"
+        for name in backbones:
+            configs.append(
+                RunConfig(
+                    backbone=name,
+                    target=target,
+                    units=units,
+                    pairs=str(pairs) if pairs else None,
+                    task=task,
+                    reflect=n_reflect,
+                    results=root,
+                    **config,
+                )
+            )
     for run_config in configs:
         check_config(run_config)
+        make_run_task(run_config)
         selection(run_config)
         plugins.registry("targets").resolve(run_config.target)
         for made in dict.fromkeys(make_backbones(run_config)):
@@ -209,6 +275,39 @@ def check_bench(backbones: list[str], *, evaluator: str | None, n: int, **config
     if evaluator:
         make_backbone(evaluator, flag="--evaluator").close()
     return configs
+
+
+def overlapping_pairs(target: str, results: Path) -> Path:
+    """``maia bench --task compare``'s default pairs: each OR and AND neuron of a synthetic set
+    with the single-concept neuron of one of its concepts (``zebra`` and ``zebra AND grass``),
+    so the pair differs by the other concept. Written to ``<results>/pairs.json``."""
+    from maia_core.files import atomic_write_json, ensure_output_folder
+
+    name, _, spec = target.partition(":")
+    if name not in ("synthetic", "synthetic_neurons") or not spec:
+        raise UserError(
+            f"maia bench --task compare pairs a synthetic set's neurons; {target} is not one: "
+            "give --target synthetic:offline (or your set), or --pairs FILE."
+        )
+    from maia_plugins.targets.synthetic import load_set
+
+    neuron_set = load_set(spec)
+    by_mode = neuron_set.concepts_by_mode()
+    mono = {tuple(c): i for i, c in enumerate(by_mode.get("mono") or [])}
+    pairs = []
+    for mode in ("and", "or"):
+        for j, concepts in enumerate(by_mode.get(mode) or []):
+            single = next((mono[(c,)] for c in concepts if (c,) in mono), None)
+            if single is not None:
+                pairs.append([f"mono={single}", f"{mode}={j}"])
+    if not pairs:
+        raise UserError(
+            f"The set {target} has no OR or AND neuron that shares a concept with a "
+            "single-concept one; give --pairs FILE."
+        )
+    path = ensure_output_folder(results, "--results") / "pairs.json"
+    atomic_write_json(path, pairs)
+    return path
 
 
 @full_disk_stops(

@@ -256,6 +256,7 @@ class Evaluator:
         tool_options: dict[str, dict[str, str]],
         device: str,
         precision: str,
+        task: str = "describe",
     ):
         from maia_core.execution.host import ModelHost
         from maia_core.execution.specs import WorldSpec
@@ -270,6 +271,7 @@ class Evaluator:
                 tool_options=tool_options,
                 device=device,
                 precision=precision,
+                task=task,
             )
         )
         self.t2i = self.host.tool_objects["text2image"]
@@ -322,6 +324,7 @@ class Evaluator:
     def predictive(
         self, unit: Unit, label: str, *, prompts: str, n: int, seed: int, evaluator: Any
     ) -> dict[str, Any]:
+        from maia_core.task import predictiveness
         from maia_plugins.evaluation.metrics import predictive_scores
 
         usage = None
@@ -343,6 +346,7 @@ class Evaluator:
             "negative": neg,
             **predictive_scores(pos, neg),
         }
+        out["predictiveness"], out["threshold"] = predictiveness(pos, neg)
         if notes:
             out["notes"] = notes
         if usage is not None:
@@ -397,6 +401,75 @@ class Evaluator:
 
     def close(self) -> None:
         self.host.close()
+
+
+class Scorer:
+    """What a task's ``score`` hook gets (see :meth:`maia_core.task.Task.score`): the run's
+    target, its task and the text2image, loaded here, and the evaluation's settings. Nothing
+    here reads a results file: the task gets the unit's signed ``result.json`` beside it."""
+
+    def __init__(self, ev: Evaluator, *, n: int, seed: int, prompts: str, evaluator: Any):
+        self.ev = ev
+        self.n = n  # prompts per side
+        self.seed = seed  # this unit's seed (the same for every backbone)
+        self.prompts = prompts  # "template" or "llm"
+        self.evaluator = evaluator  # the evaluator backbone, with --evaluator
+
+    def render_and_measure(
+        self, subject: Any, prompts: list[str], seed: int
+    ) -> tuple[list[float], list[Any]]:
+        """Render ``prompts`` with the text2image in use and score them with the run's task."""
+        return self.ev.host.render_and_measure(subject, list(prompts), int(seed))
+
+    def attrs(self, subject: Any) -> dict[str, Any]:
+        """``system``'s plain attributes for ``subject`` (a class's ``class_name``...)."""
+        return dict(self.ev.host.open(subject, None).setup().attrs)
+
+    def similarity(self, a: str, b: str) -> float:
+        """MiniLM cosine similarity of two texts."""
+        return similarities(a, [b])[0]
+
+    def concepts(self, text: str) -> list[str]:
+        """The scenes concepts a text names, each part of a compound matched on its own."""
+        return label_concepts(self.ev.scenes().language, text)
+
+    def predictive(
+        self, subject: Any, high: list[str], low: list[str], seed: int
+    ) -> dict[str, Any]:
+        """Prompts predicted high and low, rendered and scored: MAIA's and CoSy's scores,
+        the predictiveness (the share of images on their predicted side of the midpoint of
+        the two medians), and the best image of each side (``_thumbnails``)."""
+        from maia_core.task import predictiveness
+        from maia_plugins.evaluation.metrics import predictive_scores
+
+        scores, images = self.render_and_measure(subject, [*high, *low], seed)
+        pos, neg = scores[: len(high)], scores[len(high) :]
+        share, threshold = predictiveness(pos, neg)
+
+        def best(xs: list[float], offset: int) -> Any:
+            return images[offset + max(range(len(xs)), key=xs.__getitem__)] if xs else None
+
+        return {
+            "prompts": "template",
+            "n": len(high),
+            "text2image": self.ev.implementation,
+            "seed": seed,
+            "positive_prompts": list(high),
+            "negative_prompts": list(low),
+            "positive": pos,
+            "negative": neg,
+            **predictive_scores(pos, neg),
+            "predictiveness": share,
+            "threshold": threshold,
+            "_thumbnails": {"positive": best(pos, 0), "negative": best(neg, len(pos))},
+        }
+
+
+def reflect_rounds(result: dict[str, Any]) -> int:
+    """The ``--reflect N`` a unit was studied with (0 without reflection)."""
+    reflection = result.get("reflection")
+    rounds = reflection.get("rounds") if isinstance(reflection, dict) else 0
+    return rounds if isinstance(rounds, int) and not isinstance(rounds, bool) else 0
 
 
 _JOINERS = re.compile(
@@ -564,6 +637,7 @@ def evaluate(
                 target,
                 json.dumps(options, sort_keys=True),
                 json.dumps(result.get("bases") or []),
+                str(result.get("task") or "describe"),
             )
             todo.setdefault(group, []).append((unit_dir, result))
         else:
@@ -577,7 +651,7 @@ def evaluate(
                 "eval.json is written there: make it writable, or run maia eval on a copy of the results you can write",
                 probe_bytes=0,
             )
-    for (target, options, bases), group in todo.items():
+    for (target, options, bases, task), group in todo.items():
         try:
             target_options, target_bases = json.loads(options), json.loads(bases)
             if not isinstance(target_options, dict):
@@ -595,6 +669,7 @@ def evaluate(
                 tool_options=tool_options or {},
                 device=device,
                 precision=precision,
+                task=task,
             )
         except UserError as exc:
             for unit_dir, result in group:
@@ -662,6 +737,9 @@ def _record(unit_dir: Path, result: dict[str, Any]) -> dict[str, Any]:
         "target": result.get("target"),
         "layer": result["layer"],
         "unit": result["unit"],
+        "task": str(result.get("task") or "describe"),
+        "reflect": reflect_rounds(result),
+        "units": result.get("units") if isinstance(result.get("units"), list) else None,
         "label": result.get("label"),
         "description": result.get("description"),
         "status": result.get("status"),
@@ -687,20 +765,31 @@ def score_unit(
     key: bytes | None = None,
 ) -> dict[str, Any]:
     from maia_core import signing
+    from maia_core.task import task_named
 
     record = _record(unit_dir, result)
     unit = Unit(result["layer"], result["unit"])
     ev.check(unit)
     label = str(result["label"])
     s = unit_seed(seed, result)
-    predictive = ev.predictive(unit, label, prompts=prompts, n=n, seed=s, evaluator=evaluator)
-    thumbs = predictive.pop("_thumbnails")
-    record["predictive"] = predictive
-    record["thumbnails"] = {k: thumbnail(v) for k, v in thumbs.items()}
-    # The truth the run recorded (signed with the result), not the set file as it is now.
-    truth = result.get("ground_truth")
-    if isinstance(truth, dict):
-        record["ground_truth"] = ev.ground_truth(unit, label, truth, s)
+    # A task scores its own answers (reliance's claims, compare's difference); describe's
+    # are scored here. Either way the truth is the one the run recorded (signed with the
+    # result), not the set file as it is now.
+    scored = task_named(record["task"]).score(
+        Scorer(ev, n=n, seed=s, prompts=prompts, evaluator=evaluator), result
+    )
+    if scored is not None:
+        thumbs = scored.pop("_thumbnails", {})
+        record.update(scored)
+        record["thumbnails"] = {k: thumbnail(v) for k, v in thumbs.items()}
+    else:
+        predictive = ev.predictive(unit, label, prompts=prompts, n=n, seed=s, evaluator=evaluator)
+        thumbs = predictive.pop("_thumbnails")
+        record["predictive"] = predictive
+        record["thumbnails"] = {k: thumbnail(v) for k, v in thumbs.items()}
+        truth = result.get("ground_truth")
+        if isinstance(truth, dict):
+            record["ground_truth"] = ev.ground_truth(unit, label, truth, s)
     saved = {k: v for k, v in record.items() if not k.startswith("_")}
     saved["result"] = signing.fingerprint(result)
     try:

@@ -8,7 +8,9 @@ a) Activation on positive ("+") and negative ("_") images, one x position per ta
 b) Tool usage: the % of each backbone's investigations that called each tool at least once.
 c) Rounds per investigation, per backbone (box plot; the triangle is the mean).
 
-``write_plots`` writes ``summary_panel.png`` (the three together) and each panel alone. It uses
+``write_plots`` writes ``summary_panel.png`` (the three together) and each panel alone, and, for
+tasks other than describe, ``task_scores.png`` (reliance's category, value and both-parts
+accuracy, predictiveness and its ceiling; compare's difference named). It uses
 matplotlib's object API on an Agg canvas, imported when called: no pyplot, so no global backend
 is switched and nothing needs a display.
 """
@@ -226,6 +228,59 @@ def _save(fig: Any, path: Path) -> Path:
     return atomic_write_bytes(path, buf.getvalue())
 
 
+TASKS_PANEL = "task_scores.png"
+TASK_BARS = (
+    ("category_pct", "category right", 1.0),
+    ("value_pct", "value right", 1.0),
+    ("both_pct", "both parts (AND/OR)", 1.0),
+    ("predictiveness_mean", "predictiveness x100", 100.0),
+    ("ceiling_mean", "ceiling (truth) x100", 100.0),
+    ("difference_pct", "difference named", 1.0),
+    ("exact_pct", "exact", 1.0),
+)
+
+
+def task_rows(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The summary rows of tasks other than describe (reliance, compare...)."""
+    from maia_plugins.evaluation.summary import summarize
+
+    return [r for r in summarize(records) if r.get("task") not in (None, "describe")]
+
+
+def draw_tasks(ax: Any, rows: list[dict[str, Any]]) -> None:
+    """One group of bars per backbone (with its --reflect) and task: the task's scores in %."""
+    ax.set_title("Task scores (%)", loc="left", fontsize=11)
+    keys = [k for k in TASK_BARS if any(number(r.get(k[0])) is not None for r in rows)]
+    if not rows or not keys:
+        _empty(ax, "no task scores")
+        return
+    width = 0.8 / len(keys)
+    for j, (key, name, scale) in enumerate(keys):
+        xs, ys = [], []
+        for i, r in enumerate(rows):
+            v = number(r.get(key))
+            if v is not None:
+                xs.append(i - 0.4 + width * (j + 0.5))
+                ys.append(v * scale)
+        for bar in ax.bar(xs, ys, width=width, label=name, color=f"C{j}"):
+            bar.set_gid(f"task:{key}")
+    ax.set_xticks(range(len(rows)))
+    ax.set_xticklabels(
+        [
+            _short(
+                f"{r['backbone']}{' +reflect ' + str(r['reflect']) if r.get('reflect') else ''}"
+                f"\n{r['target']} ({r['task']})",
+                40,
+            )
+            for r in rows
+        ],
+        fontsize=8,
+    )
+    ax.set_ylim(0, 105)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    ax.grid(axis="y", alpha=0.3)
+
+
 def write_plots(
     records: Iterable[dict[str, Any]], out_dir: str | Path, *, drawn: dict[str, Any] | None = None
 ) -> list[Path]:
@@ -245,7 +300,8 @@ def write_plots(
         )
         return []
 
-    data = panel_data(list(records))
+    records = list(records)
+    data = panel_data(records)
     out = Path(out_dir)
     paths = []
     fig = Figure(figsize=(18, 5.5))
@@ -261,4 +317,11 @@ def write_plots(
         paths.append(_save(fig, out / name))
         if drawn is not None:
             drawn[Path(name).stem] = _describe(fig)
+    rows = task_rows(records)
+    if rows:  # reliance, compare...: their own scores
+        fig = Figure(figsize=(max(7, 2 + 1.6 * len(rows)), 5.5))
+        draw_tasks(fig.subplots(), rows)
+        paths.append(_save(fig, out / TASKS_PANEL))
+        if drawn is not None:
+            drawn[Path(TASKS_PANEL).stem] = _describe(fig)
     return paths

@@ -63,6 +63,11 @@ CAPTIONS = {
     ),
     "tool_usage": "b) % of each backbone's investigations that called each tool",
     "rounds": "c) Rounds per investigation (box: quartiles; line: median; triangle: mean)",
+    "task_scores": (
+        "Tasks other than describe: reliance claims against the planted truth (category, value, "
+        "both parts of AND/OR), predictiveness on held-out renders and the truth's own (ceiling); "
+        "compare answers that name what differs"
+    ),
 }
 STATUSES = ("completed", "incomplete", "failed", "running")
 
@@ -87,9 +92,23 @@ def _unit_key(record: dict[str, Any]) -> tuple:
     numeric = isinstance(unit, int) and not isinstance(unit, bool)
     return (
         target_key(record.get("target")),
+        str(record.get("task") or "describe"),
         str(record.get("layer")),
         (0, unit, "") if numeric else (1, 0, str(unit)),
+        _subject(record),
     )
+
+
+def _subject(record: dict[str, Any]) -> str:
+    """A pair's units (compare), as ``layer4=122 + layer4=210``; one unit's as nothing."""
+    units = record.get("units")
+    if not isinstance(units, list) or len(units) < 2:
+        return ""
+    return " + ".join(f"{u.get('layer')}={u.get('unit')}" for u in units if isinstance(u, dict))
+
+
+def _yes(value: Any) -> str:
+    return '<span class="yes">yes</span>' if value else '<span class="no">no</span>'
 
 
 def report_link(value: Any, root: Path) -> str | None:
@@ -185,9 +204,33 @@ def _scores(record: dict[str, Any]) -> str:
                 ),
             ),
         ]
+    if isinstance(predictive, dict) and number(predictive.get("predictiveness")) is not None:
+        rows.append(_row("Predictiveness", _e(fmt(predictive.get("predictiveness")))))
     truth = record.get("ground_truth")
-    if isinstance(truth, dict):
-        if isinstance(truth.get("exact"), bool):
+    if isinstance(truth, dict) and truth.get("kind") == "planted":
+        rows += [
+            _row(
+                "Category",
+                f"{_yes(truth.get('category_right'))} (planted: {_e(truth.get('category'))})",
+            ),
+            _row("Value", f"{_yes(truth.get('value_right'))} (planted: {_e(truth.get('value'))})"),
+        ]
+        if (number(truth.get("parts")) or 0) > 1:
+            rows.append(
+                _row(
+                    "Parts found",
+                    _e(f"{truth.get('parts_found')} of {truth.get('parts')} ({truth.get('mode')})"),
+                )
+            )
+        if number(truth.get("ceiling")) is not None:
+            rows.append(_row("Ceiling (truth)", _e(fmt(truth.get("ceiling")))))
+    if isinstance(truth, dict) and isinstance(truth.get("names_difference"), bool):
+        differ = ", ".join(map(str, truth.get("differ") or ())) or "nothing"
+        rows.append(
+            _row("Difference named", f"{_yes(truth['names_difference'])} (differ: {_e(differ)})")
+        )
+    if isinstance(truth, dict) and truth.get("kind") != "planted":
+        if isinstance(truth.get("exact"), bool) and "matched" in truth:
             matched = truth.get("matched")
             names = (
                 ", ".join(map(str, matched)) if isinstance(matched, list) and matched else "nothing"
@@ -254,8 +297,9 @@ def render_card(record: dict[str, Any], root: Path) -> str:
         if record.get("skipped")
         else ""
     )
+    reflected = f" +reflect {record['reflect']}" if record.get("reflect") else ""
     return (
-        f'<div class="card"><div class="head"><b>{_e(record.get("backbone"))}</b>{badge}{link}</div>'
+        f'<div class="card"><div class="head"><b>{_e(record.get("backbone"))}{_e(reflected)}</b>{badge}{link}</div>'
         f'<div class="label">{_e(label) if label else MISSING}</div>{desc}{skipped}'
         f"{_scores(record)}{prompts}{_thumbs(record)}</div>"
     )
@@ -268,17 +312,29 @@ def render_units(records: list[dict[str, Any]], root: Path) -> str:
     sections = []
     for group in units.values():
         first = group[0]
+        task = str(first.get("task") or "describe")
         title = f"{first.get('target')} · {first.get('layer')} · unit {first.get('unit')}"
+        if _subject(first):
+            title = f"{first.get('target')} · {_subject(first)}"
+        if task != "describe":
+            title += f" · {task}"
         truth = next(
             (r["ground_truth"] for r in group if isinstance(r.get("ground_truth"), dict)), None
         )
-        truth_html = (
-            f'<div class="truth"><b>Ground truth:</b> {_e(describe_truth(truth))}</div>'
-            if truth
-            else ""
-        )
+        if isinstance(truth, dict) and truth.get("truth"):
+            said = f"{truth['truth']} (alpha {truth.get('alpha')})"
+        elif (
+            isinstance(truth, dict)
+            and isinstance(truth.get("concepts"), list)
+            and truth.get("differ") is not None
+        ):
+            said = " | ".join(", ".join(map(str, c)) for c in truth["concepts"])
+        else:
+            said = describe_truth(truth) if truth else ""
+        truth_html = f'<div class="truth"><b>Ground truth:</b> {_e(said)}</div>' if truth else ""
         cards = "".join(
-            render_card(r, root) for r in sorted(group, key=lambda r: str(r.get("backbone")))
+            render_card(r, root)
+            for r in sorted(group, key=lambda r: (str(r.get("backbone")), r.get("reflect") or 0))
         )
         sections.append(
             f'<section class="unit"><h3>{_e(title)}</h3>{truth_html}<div class="cards">{cards}</div></section>'

@@ -56,6 +56,8 @@ SIGNIFICANCE = 0.05
 COLUMNS = (
     "backbone",
     "target",
+    "task",  # describe, reliance, compare, ...
+    "reflect",  # the run's --reflect N
     "units",  # records for this backbone and target
     "completed",  # of which the investigation completed
     "scored",  # of which have a predictive evaluation
@@ -85,6 +87,23 @@ COLUMNS = (
     "auprc_n",
     "pearson_mean",
     "pearson_n",
+    # reliance, on planted models: % whose first claim names the planted category; its value
+    "category_pct",
+    "category_n",
+    "value_pct",
+    "value_n",
+    # ...and on AND/OR models: % whose claims name both conditions (SAIA's tables 7-8)
+    "both_pct",
+    "both_n",
+    # reliance and compare: predictiveness on held-out renders (share of images on the
+    # predicted side of the midpoint of the medians); the planted truth's own is the ceiling
+    "predictiveness_mean",
+    "predictiveness_n",
+    "ceiling_mean",
+    "ceiling_n",
+    # compare: % of answers whose [DIFFERENCE] names every concept that differs
+    "difference_pct",
+    "difference_n",
     "rounds_mean",
     "rounds_n",
     "cost_usd",  # the sum of the known costs; empty when none is known
@@ -134,14 +153,45 @@ def _name(value: Any) -> str:
     return "?" if value is None else str(value)
 
 
+def reflect_of(record: dict[str, Any]) -> int:
+    value = record.get("reflect")
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def shown_backbone(record: dict[str, Any]) -> str:
+    """A backbone as the plots name it: with ``+reflect N`` when it reflected."""
+    n = reflect_of(record)
+    return _name(record.get("backbone")) + (f" +reflect {n}" if n else "")
+
+
 def group(records: Iterable[dict[str, Any]]) -> dict[tuple[str, str], list[dict[str, Any]]]:
-    """Records by (backbone, target), in table order."""
+    """Records by (backbone, target), in table order; a backbone with reflection apart."""
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for record in records:
         if isinstance(record, dict):
-            key = (_name(record.get("backbone")), _name(record.get("target")))
+            key = (shown_backbone(record), _name(record.get("target")))
             groups.setdefault(key, []).append(record)
     return {k: groups[k] for k in sorted(groups, key=lambda k: (target_key(k[1]), k[0]))}
+
+
+def task_groups(records: Iterable[dict[str, Any]]) -> dict[tuple, list[dict[str, Any]]]:
+    """Records by (backbone, target, task, reflect), in table order."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for record in records:
+        if isinstance(record, dict):
+            key = (
+                _name(record.get("backbone")),
+                _name(record.get("target")),
+                str(record.get("task") or "describe"),
+                reflect_of(record),
+            )
+            groups.setdefault(key, []).append(record)
+    return {
+        k: groups[k]
+        for k in sorted(
+            groups, key=lambda k: (target_key(k[1]), k[2] != "describe", k[2], k[0], k[3])
+        )
+    }
 
 
 def pooled_means(records: list[dict[str, Any]]) -> tuple[float | None, float | None, int, int]:
@@ -159,8 +209,20 @@ def unit_mean(predictive: dict[str, Any], side: str) -> float | None:
     return _mean(_numbers(predictive.get("positive" if side == "pos" else "negative")))
 
 
-def _summarize_group(backbone: str, target: str, records: list[dict[str, Any]]) -> dict[str, Any]:
-    row: dict[str, Any] = {"backbone": backbone, "target": target, "units": len(records)}
+def _summarize_group(
+    backbone: str,
+    target: str,
+    records: list[dict[str, Any]],
+    task: str = "describe",
+    reflect: int = 0,
+) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "backbone": backbone,
+        "target": target,
+        "task": task,
+        "reflect": reflect,
+        "units": len(records),
+    }
     row["completed"] = sum(r.get("status") == "completed" for r in records)
     predictive = [p for p in (r.get("predictive") for r in records) if isinstance(p, dict)]
     row["scored"] = len(predictive)
@@ -194,6 +256,15 @@ def _summarize_group(backbone: str, target: str, records: list[dict[str, Any]]) 
     for key in ("f1", "iou", "auprc", "pearson"):
         mean_of([d.get(key) for d in detections], key)
 
+    planted = [t for t in truths if t.get("kind") == "planted"]
+    share_of([t.get("category_right") for t in planted], "category", row)
+    share_of([t.get("value_right") for t in planted], "value", row)
+    pairs = [t for t in planted if (number(t.get("parts")) or 0) > 1]
+    share_of([t.get("parts_found") == t.get("parts") for t in pairs], "both", row)
+    mean_of([p.get("predictiveness") for p in predictive], "predictiveness")
+    mean_of([t.get("ceiling") for t in planted], "ceiling")
+    share_of([t.get("names_difference") for t in truths], "difference", row)
+
     mean_of([r.get("rounds") for r in records], "rounds")
     costs = [v for v in (number(r.get("cost_usd")) for r in records) if v is not None]
     row["cost_usd"] = math.fsum(costs) if costs else None
@@ -201,9 +272,19 @@ def _summarize_group(backbone: str, target: str, records: list[dict[str, Any]]) 
     return row
 
 
+def share_of(values: list[Any], key: str, row: dict[str, Any]) -> None:
+    """``row[key_pct]``: the % of the booleans among ``values`` that are true; ``key_n``."""
+    flags = [v for v in values if isinstance(v, bool)]
+    row[f"{key}_pct"] = 100.0 * sum(flags) / len(flags) if flags else None
+    row[f"{key}_n"] = len(flags)
+
+
 def summarize(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per backbone and target (keys: ``COLUMNS``), ordered by target then backbone."""
-    return [_summarize_group(b, t, rs) for (b, t), rs in group(records).items()]
+    """One row per backbone, target, task and --reflect (keys: ``COLUMNS``), ordered by target,
+    task, then backbone."""
+    return [
+        _summarize_group(b, t, rs, task, n) for (b, t, task, n), rs in task_groups(records).items()
+    ]
 
 
 def _csv_cell(value: Any) -> str:
@@ -265,8 +346,8 @@ def display_rows(
     shows it. Columns with no value in any row are left out (ground truth on a run with none).
     """
     columns: list[tuple[str, str, Any]] = [
-        ("Backbone", "Backbone", lambda r: str(r.get("backbone"))),
-        ("Target", "Target", lambda r: str(r.get("target"))),
+        ("Backbone", "Backbone", lambda r: str(r.get("backbone")) + (f" +reflect {r['reflect']}" if r.get("reflect") else "")),
+        ("Target", "Target", lambda r: str(r.get("target")) + (f" ({r['task']})" if r.get("task") not in (None, "describe") else "")),
         ("Completed", "Completed", lambda r: f"{r.get('completed', 0)}/{r.get('units', 0)}"),
         ("Not scored (skipped)", "Skipped", lambda r: str(r["skipped"]) if r.get("skipped") else MISSING),
         ("AUC", "AUC", lambda r: _with_n(r.get("auc_mean"), r.get("auc_n"), r.get("scored"))),
@@ -282,6 +363,12 @@ def display_rows(
         ("F1", "F1", lambda r: _with_n(r.get("f1_mean"), r.get("f1_n"), r.get("exact_n"))),
         ("IoU", "IoU", lambda r: _with_n(r.get("iou_mean"), r.get("iou_n"), r.get("exact_n"))),
         ("AUPRC", "AUPRC", lambda r: _with_n(r.get("auprc_mean"), r.get("auprc_n"), r.get("exact_n"))),
+        ("Category", "Category right", lambda r: _with_n(r.get("category_pct"), r.get("category_n"), r.get("scored"), 0, "%")),
+        ("Value", "Value right", lambda r: _with_n(r.get("value_pct"), r.get("value_n"), r.get("scored"), 0, "%")),
+        ("Both parts (AND/OR)", "Both parts", lambda r: _with_n(r.get("both_pct"), r.get("both_n"), None, 0, "%")),
+        ("Predictiveness", "Predictiveness", lambda r: _with_n(r.get("predictiveness_mean"), r.get("predictiveness_n"), r.get("scored"))),
+        ("Ceiling (truth)", "Ceiling", lambda r: _with_n(r.get("ceiling_mean"), r.get("ceiling_n"), r.get("category_n"))),
+        ("Difference named", "Difference", lambda r: _with_n(r.get("difference_pct"), r.get("difference_n"), r.get("scored"), 0, "%")),
         ("Rounds", "Rounds", lambda r: _with_n(r.get("rounds_mean"), r.get("rounds_n"), r.get("units"), 1)),
         ("Cost", "Cost", fmt_cost),
     ]  # fmt: skip
@@ -303,7 +390,10 @@ LEGEND = (
     "out-scores a negative one), 0.5 = chance. MAD: (mean pos - mean neg) / std neg. p<0.05: % of "
     "units whose positives beat negatives at one-sided Mann-Whitney p<0.05. Pos / neg (pooled): "
     "mean activation over every image, as MAIA plots it. Exact, Similarity, F1, IoU, AUPRC: "
-    "against the ground truth."
+    "against the ground truth. Category, Value: reliance claims against the planted condition; "
+    "Both parts: AND/OR models whose claims name both conditions. Predictiveness: the share of "
+    "held-out renders on the side the answer predicts (Ceiling: the planted truth's own). "
+    "Difference named: compare answers that name every concept that differs."
 )
 
 

@@ -161,6 +161,12 @@ class CompareTask(Task):
             ),
         )
 
+    # -- evaluation -----------------------------------------------------------------------
+    def score(self, scorer: Any, result: dict[str, Any]) -> dict[str, Any] | None:
+        from maia_plugins.tasks.compare_scoring import score_compare
+
+        return score_compare(scorer, result)
+
 
 class UnitsUnderStudy:
     """Two units under study, measured together: call them on images to compare them."""

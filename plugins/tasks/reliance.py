@@ -235,6 +235,12 @@ class RelianceTask(Task):
             ),
         )
 
+    # -- evaluation -----------------------------------------------------------------------
+    def score(self, scorer: Any, result: dict[str, Any]) -> dict[str, Any] | None:
+        from maia_plugins.tasks.reliance_scoring import score_reliance
+
+        return score_reliance(scorer, result)
+
 
 class ClassUnderStudy:
     """The class under study: one output class of an image classifier. Score images for it
