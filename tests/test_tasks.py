@@ -263,6 +263,47 @@ def test_call_classifier_scores_the_class_on_any_classifier(grassnet, photos):
     assert own.class_name == "tabby" and "tabby" in [name for name, _ in tops[0][:3]]
 
 
+def test_call_classifier_on_open_clip_zero_shot_heads_and_transformers_heads(tmp_path, photos):
+    import torch
+    import transformers as tf
+
+    from maia_core.execution.host import ModelHost
+    from maia_core.execution.specs import WorldSpec
+    from maia_core.task import Subject
+    from maia_core.units import Unit
+
+    torch.manual_seed(0)
+    folder = tmp_path / "convnext"
+    config = tf.ConvNextConfig(
+        hidden_sizes=[8, 16], depths=[1, 1], num_stages=2, num_labels=3,
+        id2label={0: "zebra", 1: "horse", 2: "camel"},
+    )  # fmt: skip
+    tf.ConvNextForImageClassification(config).save_pretrained(folder)
+    tf.ConvNextImageProcessor(size={"shortest_edge": 32}, crop_pct=1.0).save_pretrained(folder)
+    images = [photos["chelsea"], photos["coffee"], photos["rocket"]]
+    targets = [
+        (f"hf:{folder}", {}),
+        ("open_clip:RN50", {"pretrained": "false", "labels": "zebra,horse,camel"}),
+    ]
+    for target, options in targets:
+        spec = WorldSpec(target=target, target_options=options, device="cpu", task="reliance")
+        host = ModelHost(spec)
+        try:
+            per_class = []
+            for unit in range(3):
+                session = host.open(Subject.of(Unit("output", unit)), None)
+                scores, seen = session.system.call_classifier(images)
+                assert len(seen) == 3 and all(0 <= s <= 1 for s in scores)
+                per_class.append(scores)
+            assert session.setup().attrs["class_name"] == "camel"
+            # each image's scores over the classes are its softmax probabilities
+            for i in range(3):
+                assert sum(c[i] for c in per_class) == pytest.approx(1.0, abs=1e-4)
+            assert "layer4" in host.layer_infos() or target.startswith("hf:")
+        finally:
+            host.close()
+
+
 def test_reliance_on_a_unit_that_is_not_a_class_is_one_line(grassnet, tmp_path, with_thirdparty):
     from maia_core.errors import UserError
 
