@@ -613,3 +613,21 @@ def test_bench_runs_each_task_s_set_once_per_reflect(tmp_path):
         configs(task="reliance", reflect=[0, 99])
     with pytest.raises(UserError, match="pairs a synthetic set's neurons"):
         configs(task="compare", target="reliance:offline")
+
+
+def test_the_reliance_baseline_runs_a_failed_experiment_again_once():
+    """A model host that had to restart fails the cell in flight: the baseline runs the same
+    experiment again, once, then answers with what it has."""
+    from maia_core.transcript import Message
+    from maia_plugins.backbones.baseline_reliance import RelianceBaseline
+
+    baseline = RelianceBaseline(["ball", "drum", "kite"])
+    messages = [Message.of("system", "api"), Message.of("user", "Audit class 0", kind="task")]
+    sweep = baseline.reply(messages)
+    assert "RSWEEP" in sweep and "a {obj} and a ball and a drum" in sweep
+    failed = Message.of("user", "HostError: the model host could not answer", kind="result")
+    messages += [Message.of("assistant", sweep), failed]
+    assert baseline.reply(messages) == sweep
+    messages += [Message.of("assistant", sweep), failed]
+    answer = baseline.reply(messages)
+    assert "[RELIANCE]:\ncategory: none" in answer

@@ -104,14 +104,22 @@ class RelianceBaseline:
     def reply(self, messages: list[Message]) -> str:
         found = self.findings(messages)
         reflections = [m for m in messages if m.meta.get("kind") == "reflection"]
-        asked = sum(m.role == "assistant" for m in messages) - len(reflections)
+        # Experiments asked for, each once however often it was run again.
+        asked = len(
+            dict.fromkeys(
+                m.text for m in messages if m.role == "assistant" and "[RELIANCE]" not in m.text
+            )
+        )
         answered = [m for m in messages if m.role == "assistant" and "[RELIANCE]" in m.text]
         if reflections and len(answered) >= len(reflections) and "RSWEEP" in found:
             # A check of the answer failed: answer with the next candidate not yet claimed.
             return self.answer(found, skip=len(reflections))
         if asked > len(found):
-            # An experiment ended without its finding (an error, a time limit): answer with
-            # what is known.
+            # An experiment ended without its finding (an error, a time limit, a model host
+            # that had to restart): run it again once, then answer with what is known.
+            mine = [m.text for m in messages if m.role == "assistant"]
+            if mine and mine.count(mine[-1]) == 1 and "[RELIANCE]" not in mine[-1]:
+                return mine[-1]
             return self.answer(found)
         if "RSWEEP" not in found:
             return self.sweep()
@@ -413,7 +421,12 @@ def rank(
         twin = next((k for k in kept if frozenset((k["category"], r["category"])) in SAME), None)
         if twin is None:
             kept.append(r)
-        elif r["highs"] < twin["highs"] and r["effect"] >= 0.8 * twin["effect"]:
+        elif (r["highs"], r["category"] != "background_color") < (
+            twin["highs"],
+            twin["category"] != "background_color",
+        ) and r["effect"] >= 0.8 * twin["effect"]:
+            # Fewer high values explain more; on a tie the colour, which a named background
+            # of that colour (a red brick wall, a blue sky) also has.
             kept[kept.index(twin)] = r
     return kept
 
