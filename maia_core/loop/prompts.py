@@ -106,7 +106,7 @@ def system_prompt(
 
 You run experiments by writing Python. Put the code of each experiment in one ```python block. It runs in a persistent session: variables you define stay available in later blocks. Everything you print, everything you pass to tools.display, and any error with its traceback is sent back to you. Only what you print or display reaches you, so display the images you want to see together with their activations.
 
-Two objects are defined in the session: `system`, {subject}, and `tools`, your instruments. numpy is imported as `np` and PIL's `Image` is imported. This is their API:
+Two objects are defined in the session: `system`, {subject}, and `tools`, your instruments. numpy is imported as `np` and PIL's `Image` is imported; besides them and Python's standard library, no package is installed, there is no network, and only /tmp is writable: get images from the tools, or make them with numpy and PIL. This is their API:
 
 {api}
 How to work:
