@@ -376,6 +376,8 @@ def test_a_malformed_result_anywhere_does_not_break_later_runs(with_thirdparty, 
     assert [i.result.status for i in invs] == ["completed"] * 3
     index = (results / "index.html").read_text()
     assert "unreadable" in index  # the bad row is shown and marked
+    # a planted result.json (no signature) is listed as data, its claims not taken
+    assert "not written by maia run here" in index
     assert '<meta http-equiv="refresh"' not in index and "&lt;meta http-equiv=" in index
 
 

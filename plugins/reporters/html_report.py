@@ -20,7 +20,7 @@ from pygments import highlight
 from pygments.formatters import HtmlFormatter
 from pygments.lexers import PythonLexer
 
-from maia_core import hookimpl
+from maia_core import hookimpl, signing
 from maia_core.files import atomic_write_bytes, atomic_write_text, shown_path, text_name
 from maia_core.images import data_uri, resize_longest
 from maia_core.loop.reporter import Reporter
@@ -422,6 +422,15 @@ class IndexRows:
                         "status": "unreadable",
                         "error": "result.json is not a JSON object maia wrote",
                     }
+                elif not signing.verified(row):
+                    # Planted, edited, or written under another account: shown as data,
+                    # marked, with no answer taken from it.
+                    row = {
+                        **row,
+                        "status": "unverified",
+                        "label": None,
+                        "error": "not written by maia run here (no valid signature)",
+                    }
                 row = {**row, "_dir": path.parent}
                 self._cache[path] = (mtime, row)
             rows.append(self._cache[path][1])
@@ -473,7 +482,7 @@ def _index_table(results: Path, rows: list[dict[str, Any]], task: Any) -> str:
         )
         # A failed unit has no label; its row says why it failed instead.
         label = row.get("label") or (
-            row.get("error") if row.get("status") in ("failed", "unreadable") else ""
+            row.get("error") if row.get("status") in ("failed", "unreadable", "unverified") else ""
         )
         truth = (
             describe_truth(row["ground_truth"], task) if row.get("ground_truth") is not None else ""
