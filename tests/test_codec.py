@@ -70,7 +70,7 @@ def test_malformed_messages_raise_protocol_errors(payload):
 
 def test_channel_frames_messages_and_passes_descriptors():
     a, b_sock = Channel.pair()
-    b = Channel(b_sock)
+    b = Channel(b_sock, accept_fds=True)  # as the kernel and the host take the main process's
     r, w = socket.socketpair()
     a.send({"op": "hello", "img": Image.new("L", (3, 3), 7)}, fds=[r.fileno()])
     msg = b.recv()
