@@ -212,8 +212,11 @@ def _interrupt_when(command: list[str], env: dict[str, str], ready: str, sig: in
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_an_interrupted_eval_says_what_is_saved_and_how_to_resume(thirdparty_env, tmp_path, sig):
     results = tmp_path / "r"
-    for unit in range(3):
-        write_result(results / "b" / "toynet" / "conv2" / str(unit), unit=unit)
+    # enough units that the signal, sent when the first is being scored, finds it still at work
+    # on a loaded machine (with 3, all were scored before it arrived)
+    for layer, units in (("conv1", 8), ("conv2", 4)):
+        for unit in range(units):
+            write_result(results / "b" / "toynet" / layer / str(unit), layer=layer, unit=unit)
     code, err = _interrupt_when(
         ["eval", str(results), "--device", "cpu"], thirdparty_env, "evaluating", sig, "stderr"
     )

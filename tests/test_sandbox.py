@@ -257,3 +257,24 @@ def test_in_process_sandbox(with_thirdparty):
     assert box.run_cell("import sys; sys.exit(0)").error.startswith("SystemExit")
     assert text_of(box.run_cell("print(y)")) == "2\n"
     ex.close()
+
+
+def test_a_host_shut_down_by_ctrl_c_is_not_restarted_by_the_units_in_flight(with_thirdparty):
+    """After Ctrl-C the run kills its host; a unit thread that then finds the host gone must
+    not start another (a host and kernels nobody waits for kept ``maia bench`` alive)."""
+    from maia_core.execution.sandbox import HostProcess, KernelPool, _Gone
+
+    host = HostProcess(SPEC)
+    host.start()
+    generation, first = host.generation, host.proc
+    host.close(now=True)
+    assert first.poll() is not None  # killed
+    with pytest.raises(_Gone, match="the run is stopping"):
+        host.revive(generation)
+    with pytest.raises(_Gone, match="the run is stopping"):
+        host.start()
+    assert host.proc is None and host.restarts == 0
+    pool = KernelPool("none", None, size=1)
+    pool.close()
+    with pytest.raises(RuntimeError, match="the run is stopping"):
+        pool.take()

@@ -207,9 +207,12 @@ class HostProcess:
         self.load_seconds = 0.0
         self._lock = threading.RLock()
         self._sessions = 0
+        self._closed = False  # the run is stopping: nothing is started again
 
     def start(self) -> None:
         with self._lock:
+            if self._closed:
+                raise _Gone("the run is stopping")
             if self.proc is not None and self.proc.poll() is None:
                 return
             isolation.make_undumpable()
@@ -284,6 +287,8 @@ class HostProcess:
     def revive(self, generation: int) -> None:
         """Restart the host if it is still the one of ``generation`` and has died."""
         with self._lock:
+            if self._closed:
+                raise _Gone("the run is stopping")  # its host was shut down, not lost
             if self.generation != generation:
                 return  # someone else restarted it already
             if self.proc is not None and self.proc.poll() is None:
@@ -368,7 +373,9 @@ class HostProcess:
             self.proc.wait()
 
     def close(self, now: bool = False) -> None:
-        """Shut the host down (``now``: kill it, as after Ctrl-C, without waiting for it)."""
+        """Shut the host down (``now``: kill it, as after Ctrl-C, without waiting for it).
+        Investigations still in flight then get errors; none restarts it."""
+        self._closed = True
         if not now:
             with self._lock, contextlib.suppress(Exception):
                 if self.proc is not None:
@@ -540,6 +547,8 @@ class KernelPool:
                 break
             kernel.reap()  # it died while it waited (a kill from outside)
         if kernel is None:
+            if self._closed:
+                raise RuntimeError("the run is stopping")
             kernel = self._start_one()
         self.fill()
         if kernel.error:
