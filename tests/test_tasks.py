@@ -631,3 +631,40 @@ def test_the_reliance_baseline_runs_a_failed_experiment_again_once():
     messages += [Message.of("assistant", sweep), failed]
     answer = baseline.reply(messages)
     assert "[RELIANCE]:\ncategory: none" in answer
+
+
+CONSTANT_ANSWER = (
+    "[BIAS DESCRIPTION]: The class scores higher on grass than on gravel, whatever the class.\n"
+    "[BIAS LABEL]: on grass\n[RELIANCE]:\n"
+    "category: background; high: grass; low: gravel; scores: 0.9 vs 0.1"
+)
+
+
+def test_the_baseline_gets_planted_categories_and_beats_a_constant_answer(tmp_path):
+    """A small subset of reliance:offline (alpha 0.9, five categories: colour, background,
+    count, orientation, quality) through ``maia bench --task reliance``: the baseline names
+    the planted category on at least 80% of them, and a replayed constant answer ("background:
+    grass" for every class, the set's commonest value) does worse. The full set runs in
+    benchmarks/bench_tasks.py."""
+    import csv
+
+    constant = tmp_path / "constant.json"
+    constant.write_text(json.dumps([CONSTANT_ANSWER]))
+    out = maia(
+        "bench", "--task", "reliance", "-b", "baseline", "-b", f"replay:{constant}",
+        "--units", "output=2,10,36,56,70", "--n", "2", "-j", "2",
+        "--results", str(tmp_path / "b"), "--device", "cpu", timeout=1200,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    rows = {r["backbone"]: r for r in csv.DictReader((tmp_path / "b/eval.csv").open())}
+    baseline, replayed = rows["baseline"], rows["replay-constant"]
+    assert (baseline["task"], baseline["scored"], replayed["scored"]) == ("reliance", "5", "5")
+    assert float(baseline["category_pct"]) >= 80
+    assert float(replayed["category_pct"]) < float(baseline["category_pct"])
+    # the constant is right once (camel on sand is a background model, but not grass)
+    truths = [
+        json.loads(p.read_text())["ground_truth"]
+        for p in (tmp_path / "b/replay-constant").rglob("eval.json")
+    ]
+    assert sorted(t["category_right"] for t in truths) == [False] * 4 + [True]
+    assert not any(t["value_right"] for t in truths)

@@ -157,17 +157,36 @@ def _package_dirs(name: str) -> list[tuple[str, str]]:
     source = Path(next(iter(spec.submodule_search_locations))).resolve()
     binds = [(str(source), f"{SITE}/{name}")]
     site = source.parent
-    wanted = {name.lower()}
-    with contextlib.suppress(Exception):
-        from importlib.metadata import packages_distributions
-
-        wanted |= {d.lower() for d in packages_distributions().get(name, [])}
     with contextlib.suppress(OSError):
         for entry in os.scandir(site):
             stem, dot, ext = entry.name.rpartition(".")
-            if dot and ext == "libs" and stem.lower() in wanted and entry.is_dir():
+            if dot and ext == "libs" and entry.is_dir() and _vendors(site, stem, name):
                 binds.append((entry.path, f"{SITE}/{entry.name}"))
     return binds
+
+
+def _vendors(site: Path, dist: str, name: str) -> bool:
+    """Whether ``<dist>.libs`` in ``site`` belongs to the package ``name``: it does when it
+    is named after it (``numpy.libs``), or when the distribution of that name installs the
+    package (``pillow.libs`` and ``PIL``), as its ``top_level.txt`` or ``RECORD`` says. Only
+    the few ``.libs`` folders are looked at: scanning every installed distribution took
+    seconds at each run's start."""
+    if dist.lower() == name.lower():
+        return True
+
+    def norm(text: str) -> str:
+        return "_".join(filter(None, text.lower().replace("-", "_").replace(".", "_").split("_")))
+
+    for info in site.glob("*.dist-info"):
+        if norm(info.name[: -len(".dist-info")].rsplit("-", 1)[0]) != norm(dist):
+            continue
+        for listing in ("top_level.txt", "RECORD"):
+            with contextlib.suppress(OSError):
+                text = (info / listing).read_text(errors="replace")
+                if listing == "top_level.txt":
+                    return name in text.split()
+                return any(line.startswith(f"{name}/") for line in text.splitlines())
+    return False
 
 
 # The interpreter's own installation, not a virtual environment's (which holds every package).
