@@ -657,7 +657,7 @@ def test_the_baseline_gets_planted_categories_and_beats_a_constant_answer(tmp_pa
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
     rows = {r["backbone"]: r for r in csv.DictReader((tmp_path / "b/eval.csv").open())}
-    baseline, replayed = rows["baseline"], rows["replay-constant"]
+    baseline, replayed = rows["baseline"], rows[f"replay:{constant}"]
     assert (baseline["task"], baseline["scored"], replayed["scored"]) == ("reliance", "5", "5")
     assert float(baseline["category_pct"]) >= 80
     assert float(replayed["category_pct"]) < float(baseline["category_pct"])
