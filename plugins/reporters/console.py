@@ -3,23 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    SpinnerColumn,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
-from rich.table import Table
+from typing import TYPE_CHECKING
 
 from maia_core import hookimpl
 from maia_core.loop.reporter import Reporter
 from maia_core.loop.state import Investigation
 from maia_core.transcript import Message
+
+if TYPE_CHECKING:  # rich is imported when a run starts, not with maia --help
+    from rich.console import Console
+    from rich.progress import Progress
 
 STYLE = {"completed": "green", "incomplete": "yellow", "failed": "red", "skipped": "dim"}
 
@@ -34,6 +27,8 @@ class ConsoleReporter(Reporter):
     in flight with its round; a line per finished unit; a summary table at the end."""
 
     def __init__(self, results: Path, console: Console | None = None, **options: str):
+        from rich.console import Console
+
         self.results = Path(results)
         self.console = console or Console()
         self.bar: Progress | None = None
@@ -52,6 +47,16 @@ class ConsoleReporter(Reporter):
         )
         if shown:
             self.console.print(f"[dim]tools: {shown}[/]", highlight=False)
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            SpinnerColumn,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
         self.bar = Progress(
             SpinnerColumn(),
             TextColumn("{task.description}"),
@@ -105,6 +110,8 @@ class ConsoleReporter(Reporter):
         )
 
     def run_finished(self, run, investigations: list[Investigation]) -> None:
+        from rich.table import Table
+
         self.close()
         table = Table(title="maia run summary", show_footer=True)
         cols = ["unit", "status", "rounds", "input tokens", "output tokens", "cost (USD)", "label"]

@@ -7,6 +7,7 @@ Every piece of agent and tool text is HTML-escaped.
 
 from __future__ import annotations
 
+import functools
 import html
 import io
 import json
@@ -15,10 +16,6 @@ import sys
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
-
-from pygments import highlight
-from pygments.formatters import HtmlFormatter
-from pygments.lexers import PythonLexer
 
 from maia_core import hookimpl, signing
 from maia_core.files import atomic_write_bytes, atomic_write_text, shown_path, text_name
@@ -33,7 +30,17 @@ from maia_core.units import Unit
 THUMB = 112
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 _FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[ \t]*\n(.*?)(?:```|\Z)", re.DOTALL)
-_FORMATTER = HtmlFormatter(cssclass="hl")
+
+
+@functools.cache
+def _pygments() -> tuple[Any, Any, Any]:
+    """pygments' highlighter, Python lexer and HTML formatter, imported when a page is first
+    written (not when maia starts: ``maia --help`` loads this plugin)."""
+    from pygments import highlight
+    from pygments.formatters import HtmlFormatter
+    from pygments.lexers import PythonLexer
+
+    return highlight, PythonLexer(), HtmlFormatter(cssclass="hl")
 
 CSS = """
 :root { --fg:#1d2330; --muted:#5b6474; --line:#dde2ea; --bg:#f6f7f9; --accent:#2f5fd0; }
@@ -91,7 +98,7 @@ def _page(title: str, body: str) -> str:
         '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
         f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>{html.escape(title)}</title><style>{CSS}{_FORMATTER.get_style_defs('.hl')}</style></head>"
+        f"<title>{html.escape(title)}</title><style>{CSS}{_pygments()[2].get_style_defs('.hl')}</style></head>"
         f"<body>{body}</body></html>\n"
     )
 
@@ -104,7 +111,8 @@ def render_text(text: str) -> str:
             out.append(f'<div class="prose">{html.escape(text[pos : m.start()].strip())}</div>')
         lang, code = m.group(1).lower(), m.group(2)
         if lang in ("python", "py", "python3"):
-            out.append(highlight(code, PythonLexer(), _FORMATTER))
+            highlight, lexer, formatter = _pygments()
+            out.append(highlight(code, lexer, formatter))
         else:
             out.append(f"<pre>{html.escape(code)}</pre>")
         pos = m.end()
