@@ -52,7 +52,14 @@ def measure(workload: str, rounds: int, tmp: Path) -> dict[str, float]:
     cell_seconds = sum(m.meta.get("seconds", 0.0) for m in inv.messages if m.role == "user")
     per_round = (r.wall_time_s - cell_seconds) / r.rounds
     history_kb = (inv.out_dir / "history.json").stat().st_size / 1024
-    return {"rounds": r.rounds, "loop_s": r.wall_time_s, "cells_s": cell_seconds, "overhead_ms": per_round * 1000, "total_s": total, "history_kb": history_kb}
+    return {
+        "rounds": r.rounds,
+        "loop_s": r.wall_time_s,
+        "cells_s": cell_seconds,
+        "overhead_ms": per_round * 1000,
+        "total_s": total,
+        "history_kb": history_kb,
+    }
 
 
 def main() -> None:
@@ -61,11 +68,17 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as d:
         rows = {w: measure(w, args.rounds, Path(d)) for w in CELLS}
-    print(f"{'workload':<8} {'rounds':>6} {'loop s':>7} {'in cells s':>10} {'overhead ms/round':>18} {'history.json KB':>16}")
+    print(
+        f"{'workload':<8} {'rounds':>6} {'loop s':>7} {'in cells s':>10} {'overhead ms/round':>18} {'history.json KB':>16}"
+    )
     for w, m in rows.items():
-        print(f"{w:<8} {m['rounds']:>6} {m['loop_s']:>7.2f} {m['cells_s']:>10.2f} {m['overhead_ms']:>18.1f} {m['history_kb']:>16.0f}")
+        print(
+            f"{w:<8} {m['rounds']:>6} {m['loop_s']:>7.2f} {m['cells_s']:>10.2f} {m['overhead_ms']:>18.1f} {m['history_kb']:>16.0f}"
+        )
     worst = max(m["overhead_ms"] for m in rows.values())
-    print(f"\nworst overhead {worst:.1f} ms per round: {'within' if worst < 50 else 'OVER'} the 50 ms budget")
+    print(
+        f"\nworst overhead {worst:.1f} ms per round: {'within' if worst < 50 else 'OVER'} the 50 ms budget"
+    )
 
 
 if __name__ == "__main__":

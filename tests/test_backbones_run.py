@@ -255,8 +255,13 @@ def exemplars(tmp_path_factory, photos):
     tmp = tmp_path_factory.mktemp("exemplars")
     folder = make_photo_folder(tmp / "photos", photos, n=8, broken=False)
     compute_store(
-        target="efficientnet_lite0", dataset=f"imagefolder:{folder}", layers="blocks.6",
-        root=tmp / "store", workers=0, device="cpu", quiet=True,
+        target="efficientnet_lite0",
+        dataset=f"imagefolder:{folder}",
+        layers="blocks.6",
+        root=tmp / "store",
+        workers=0,
+        device="cpu",
+        quiet=True,
     )
     return tmp / "store"
 
@@ -338,7 +343,9 @@ def test_replaying_a_claude_run_reproduces_it_offline(claude_run, exemplars, tmp
     assert again.returncode == 0, again.stderr
     original = json.loads((unit_dir(results, "claude") / "history.json").read_text())
     # each recording replays into its own folder, named after it
-    replayed = json.loads((unit_dir(tmp_path, "replay-claude-efficientnet_lite0") / "history.json").read_text())
+    replayed = json.loads(
+        (unit_dir(tmp_path, "replay-claude-efficientnet_lite0") / "history.json").read_text()
+    )
     texts = [[p.get("text") for p in m["parts"]] for m in original["messages"][2:]]
     assert texts == [[p.get("text") for p in m["parts"]] for m in replayed["messages"][2:]]
 

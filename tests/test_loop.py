@@ -27,7 +27,9 @@ def config(tmp_path, turns, **kw) -> RunConfig:
 
 
 def test_extract_code_blocks():
-    text = "plan\n```python\na = 1\n```\ntext\n```py\nb = 2\n```\n```bash\nls\n```\n```python\nc = 3"
+    text = (
+        "plan\n```python\na = 1\n```\ntext\n```py\nb = 2\n```\n```bash\nls\n```\n```python\nc = 3"
+    )
     assert extract_code(text) == ["a = 1", "b = 2", "c = 3"]
     assert extract_code("no code here") == []
 
@@ -35,7 +37,10 @@ def test_extract_code_blocks():
 @pytest.mark.parametrize(
     "text, expected",
     [
-        ("[DESCRIPTION]: stripes on animals\n[LABEL]: zebra stripes", ("stripes on animals", "zebra stripes")),
+        (
+            "[DESCRIPTION]: stripes on animals\n[LABEL]: zebra stripes",
+            ("stripes on animals", "zebra stripes"),
+        ),
         ("**[DESCRIPTION]:** dogs\n\n**[LABEL]:** dog faces", ("dogs", "dog faces")),
         ("Done.\n[DESCRIPTION] multi\nline text\n[LABEL] x", ("multi\nline text", "x")),
         ("[LABEL]: only a label", None),
@@ -53,9 +58,15 @@ def test_a_full_investigation(with_thirdparty, tmp_path):
     assert roles == ["system", "user", "assistant", "user", "assistant"]
     system_prompt = inv.messages[0].text
     # the API text is generated from the live objects' signatures and docstrings
-    assert "system.call_neuron(images: list[Image.Image]) -> tuple[list[float], list[Image.Image]]" in system_prompt
+    assert (
+        "system.call_neuron(images: list[Image.Image]) -> tuple[list[float], list[Image.Image]]"
+        in system_prompt
+    )
     assert "tools.display(*items: Any) -> None" in system_prompt
-    assert "tools.caption(text: str) -> str" in system_prompt and "Ask the describer backbone" in system_prompt
+    assert (
+        "tools.caption(text: str) -> str" in system_prompt
+        and "Ask the describer backbone" in system_prompt
+    )
     result_msg = inv.messages[3]
     assert result_msg.meta["kind"] == "result" and len(result_msg.images) == 1
     assert result_msg.parts[-1].text.startswith("act ")
@@ -65,7 +76,10 @@ def test_reply_without_code_or_answer_gets_a_correction(with_thirdparty, tmp_pat
     [inv] = run(config(tmp_path, ["I think it likes red.", CALL, FINAL]))
     assert inv.result.status == "completed" and inv.result.rounds == 3
     correction = inv.messages[3]
-    assert correction.meta["kind"] == "correction" and "neither a ```python code block nor a final answer" in correction.text
+    assert (
+        correction.meta["kind"] == "correction"
+        and "neither a ```python code block nor a final answer" in correction.text
+    )
 
 
 def test_max_rounds_then_final_answer_is_requested(with_thirdparty, tmp_path):

@@ -66,7 +66,9 @@ def test_registry_resolves_exact_pattern_and_colon_specs():
     assert reg.resolve("openai:o3") == (reg.entries["openai"], "o3")
     assert reg.resolve("replay:/x/y.json") == (reg.entries["replay"], "/x/y.json")
     assert reg.resolve("replay") == (reg.entries["replay"], None)
-    with pytest.raises(UserError, match=r"Unknown backbone 'claud'.*Known: openai \(gpt-\*\), replay"):
+    with pytest.raises(
+        UserError, match=r"Unknown backbone 'claud'.*Known: openai \(gpt-\*\), replay"
+    ):
         reg.resolve("claud")
     with pytest.raises(UserError, match="needs something after the colon"):
         reg.resolve("openai:")
@@ -81,7 +83,10 @@ def test_hand_registered_plugin_and_tool_selection():
             register("plain-t2i", object, capability="text2image", default=True)
             # Preferred where it can run: here, only on a GPU.
             register(
-                "gpu-t2i", object, capability="text2image", priority=10,
+                "gpu-t2i",
+                object,
+                capability="text2image",
+                priority=10,
                 available=lambda device: device.startswith("cuda"),
             )
 
@@ -94,7 +99,9 @@ def test_hand_registered_plugin_and_tool_selection():
         # Where models load, availability decides the default; elsewhere default=True does.
         assert plugins.select_tools(None, device="cuda:0")["text2image"].name == "gpu-t2i"
         assert plugins.select_tools(["text2image"], device="cpu")["text2image"].name == "plain-t2i"
-        with pytest.raises(UserError, match=r"Unknown tool 'nope'.*Known: (.*, )?display, (.*, )?text2image\."):
+        with pytest.raises(
+            UserError, match=r"Unknown tool 'nope'.*Known: (.*, )?display, (.*, )?text2image\."
+        ):
             plugins.select_tools(["nope"])
         with pytest.raises(UserError, match="Known: fancy-t2i, plain-t2i, gpu-t2i"):
             plugins.select_tools(["text2image=other"])
@@ -115,7 +122,9 @@ def test_third_party_distribution_is_discovered(thirdparty_env):
     assert toy["provides"] == {"targets": ["toynet"], "tools": ["caption"], "tasks": ["polarity"]}
     layers = maia("layers", "toynet", "--json", env=thirdparty_env)
     assert layers.returncode == 0, layers.stderr
-    assert {"layer": "conv2", "units": 4, "spatial": [16, 16], "kind": "conv"} in json.loads(layers.stdout)
+    assert {"layer": "conv2", "units": 4, "spatial": [16, 16], "kind": "conv"} in json.loads(
+        layers.stdout
+    )
 
 
 def test_third_party_target_runs_end_to_end(thirdparty_env, tmp_path):
@@ -128,10 +137,27 @@ def test_third_party_target_runs_end_to_end(thirdparty_env, tmp_path):
             ]
         )
     )
-    out = maia("run", "--target", "toynet", "--units", "conv2=1", "--backbone", f"replay:{replay}", "--results", str(tmp_path / "r"), env=thirdparty_env)
+    out = maia(
+        "run",
+        "--target",
+        "toynet",
+        "--units",
+        "conv2=1",
+        "--backbone",
+        f"replay:{replay}",
+        "--results",
+        str(tmp_path / "r"),
+        env=thirdparty_env,
+    )
     assert out.returncode == 0, out.stderr
     history = json.loads((tmp_path / "r/replay-turns/toynet/conv2/1/history.json").read_text())
-    outputs = [p["text"] for m in history["messages"] if m["role"] == "user" for p in m["parts"] if p["type"] == "text"]
+    outputs = [
+        p["text"]
+        for m in history["messages"]
+        if m["role"] == "user"
+        for p in m["parts"]
+        if p["type"] == "text"
+    ]
     assert any("ACT float (64, 64)" in t for t in outputs)
 
 

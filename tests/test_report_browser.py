@@ -15,8 +15,14 @@ pytestmark = [
     pytest.mark.skipif(CHROMIUM is None, reason="needs Chromium: apt-get install chromium"),
 ]
 FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
 ]
 
 
@@ -40,7 +46,16 @@ def results(tmp_path_factory, thirdparty):
         ],
     )
     try:
-        run(RunConfig(target="toynet", units="conv2=0,1", backbone=f"replay:{turns}", results=tmp / "r", sandbox="none", reporters=["json", "html"]))
+        run(
+            RunConfig(
+                target="toynet",
+                units="conv2=0,1",
+                backbone=f"replay:{turns}",
+                results=tmp / "r",
+                sandbox="none",
+                reporters=["json", "html"],
+            )
+        )
     finally:
         sys.path.remove(str(thirdparty))
         plugins.reset_plugins()
@@ -61,7 +76,9 @@ def open_in_chromium(path):
         page.on("dialog", lambda d: errors.append("dialog: " + d.message))
         page.goto(path.as_uri())
         page.wait_for_load_state("networkidle")
-        info = page.evaluate("() => ({images: [...document.images].map(i => i.naturalWidth), links: [...document.links].map(a => a.getAttribute('href')), text: document.body.innerText})")
+        info = page.evaluate(
+            "() => ({images: [...document.images].map(i => i.naturalWidth), links: [...document.links].map(a => a.getAttribute('href')), text: document.body.innerText})"
+        )
         browser.close()
     return requests, errors, info
 
@@ -71,15 +88,20 @@ def test_report_opens_offline_without_errors(results):
     requests, errors, info = open_in_chromium(report)
     assert requests == [report.as_uri()], "the report asked the network for something"
     assert errors == []
-    assert len(info["images"]) == 2 and all(w == 64 for w in info["images"])  # inline images decoded
+    assert len(info["images"]) == 2 and all(
+        w == 64 for w in info["images"]
+    )  # inline images decoded
     assert "<script>alert(1)</script>" in info["text"]  # shown as text, not run
-    assert 'https://example.com' in info["text"] and info["links"] == []
+    assert "https://example.com" in info["text"] and info["links"] == []
 
 
 def test_index_opens_offline_and_links_to_reports(results):
     index = results / "index.html"
     requests, errors, info = open_in_chromium(index)
     assert requests == [index.as_uri()] and errors == []
-    assert info["links"] == ["replay-t/toynet/conv2/0/report.html", "replay-t/toynet/conv2/1/report.html"]
+    assert info["links"] == [
+        "replay-t/toynet/conv2/0/report.html",
+        "replay-t/toynet/conv2/1/report.html",
+    ]
     assert all((results / link).is_file() for link in info["links"])
     assert len(info["images"]) == 2 and all(w > 0 for w in info["images"])  # thumbnails

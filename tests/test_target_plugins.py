@@ -417,7 +417,9 @@ def test_train_sae_then_investigate_a_latent(tmp_path, photos):
     assert run.returncode == 0, run.stderr
     assert (
         json.loads(
-            (tmp_path / "r/replay-replay_any_unit/efficientnet_lite0/blocks.5@toy/2/result.json").read_text()
+            (
+                tmp_path / "r/replay-replay_any_unit/efficientnet_lite0/blocks.5@toy/2/result.json"
+            ).read_text()
         )["status"]
         == "completed"
     )

@@ -14,7 +14,10 @@ from maia_core.units import (
     sample,
 )
 
-LAYERS = {"layer3": LayerInfo("layer3", 1024, (14, 14)), "layer4": LayerInfo("layer4", 2048, (7, 7))}
+LAYERS = {
+    "layer3": LayerInfo("layer3", 1024, (14, 14)),
+    "layer4": LayerInfo("layer4", 2048, (7, 7)),
+}
 
 
 def units(spec: str) -> list[tuple[str, int]]:
@@ -22,7 +25,12 @@ def units(spec: str) -> list[tuple[str, int]]:
 
 
 def test_maia_syntax_and_ranges():
-    assert units("layer3=229,288:layer4=122,210") == [("layer3", 229), ("layer3", 288), ("layer4", 122), ("layer4", 210)]
+    assert units("layer3=229,288:layer4=122,210") == [
+        ("layer3", 229),
+        ("layer3", 288),
+        ("layer4", 122),
+        ("layer4", 210),
+    ]
     assert units("layer4=0-3,7") == [("layer4", i) for i in (0, 1, 2, 3, 7)]
     assert parse_unit_spec("layer4") == {"layer4": None}
     assert len(units("layer4")) == 2048
@@ -37,7 +45,9 @@ def test_huge_ranges_are_checked_before_they_are_expanded():
         expand(spec, LAYERS, "t")
 
 
-@pytest.mark.parametrize("bad", ["", "layer4=", "layer4=a", "=3", "layer4=5-2", "layer4=1,,2", "layer4=-1"])
+@pytest.mark.parametrize(
+    "bad", ["", "layer4=", "layer4=a", "=3", "layer4=5-2", "layer4=1,,2", "layer4=-1"]
+)
 def test_malformed_specs_show_the_expected_form(bad):
     with pytest.raises(UserError) as err:
         parse_unit_spec(bad)

@@ -42,6 +42,7 @@ def _pygments() -> tuple[Any, Any, Any]:
 
     return highlight, PythonLexer(), HtmlFormatter(cssclass="hl")
 
+
 CSS = """
 :root { --fg:#1d2330; --muted:#5b6474; --line:#dde2ea; --bg:#f6f7f9; --accent:#2f5fd0; }
 * { box-sizing: border-box; }
