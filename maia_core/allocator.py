@@ -15,6 +15,14 @@ the host runs its models on a thread). The cost: the process keeps its peak memo
 reached, which is the memory its next forward pass needs again. A GPU run allocates its
 activations on the GPU, so there it changes nothing measurable.
 
+Kept memory is bounded: freed blocks of many sizes stay apart in the heap, and a model host
+serving a long study (renders of varying batch sizes, tens of thousands of calls) grew to 24
+GB of free-but-kept memory and was killed for lack of memory. So a watcher thread checks the
+process's resident memory every second and, once it is :data:`HEADROOM` above what it was
+after the last trim (or at start), hands every free page back (``malloc_trim(0)``, which
+releases free memory inside the heap too, not only at its top). The next pass faults its
+memory in once, then reuses it again.
+
 A setting whose glibc variable the user set (``MALLOC_MMAP_THRESHOLD_``, ``GLIBC_TUNABLES``
 ...) is left to them. A no-op where the C library is not glibc. Light: no numpy, no torch.
 """
@@ -23,6 +31,8 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
+import time
 
 # mallopt's parameters (malloc.h).
 M_TRIM_THRESHOLD = -1
@@ -39,7 +49,15 @@ SETTINGS = (
     ("M_ARENA_MAX", M_ARENA_MAX, 1, "MALLOC_ARENA_MAX", "arena_max"),
 )
 
+# How far resident memory may grow above its level after the last trim before free memory is
+# handed back: room for the next forward passes' activations.
+HEADROOM = 2 << 30
+# How often the watcher looks, in seconds.
+INTERVAL = 1.0
+
 _applied: dict[str, int] | None = None
+_floor: int | None = None
+_trims = 0
 
 
 def glibc_version() -> str | None:
@@ -79,7 +97,51 @@ def tune_malloc() -> dict[str, int]:
             continue  # the user's choice
         if mallopt(param, value) == 1:
             _applied[name] = value
+    if _applied:
+        threading.Thread(target=_watch, name="maia-malloc-trim", daemon=True).start()
     return dict(_applied)
+
+
+def resident_bytes() -> int:
+    """This process's resident memory (``/proc/self/statm``), or 0 where it cannot be read."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def trim_if_over(headroom: int = HEADROOM) -> bool:
+    """Hand free memory back to the system if resident memory is more than ``headroom`` bytes
+    above its level after the last trim (the first call sets that level). Returns whether it
+    trimmed."""
+    global _floor, _trims
+    rss = resident_bytes()
+    if _floor is None:
+        _floor = rss
+        return False
+    if not rss or rss <= _floor + headroom:
+        return False
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        return False
+    _floor = resident_bytes()
+    _trims += 1
+    return True
+
+
+def trims() -> int:
+    """How many times this process handed its free memory back."""
+    return _trims
+
+
+def _watch() -> None:
+    while True:
+        trim_if_over()
+        time.sleep(INTERVAL)
 
 
 def applied() -> dict[str, int]:

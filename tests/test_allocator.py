@@ -129,3 +129,44 @@ def test_the_maia_command_tunes_malloc_first():
     assert out.stdout.strip().splitlines()[-1] == str(
         ["M_ARENA_MAX", "M_MMAP_THRESHOLD", "M_TRIM_THRESHOLD"]
     )
+
+
+# Free every other block of many: the heap keeps holes it cannot shrink from its top, as a
+# long study's renders of varying sizes left a host with 24 GB kept. Then ask for a trim with
+# room to spare, and with none.
+HOLES = """
+import ctypes, json
+from maia_core import allocator
+allocator.tune_malloc()
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype = ctypes.c_void_p
+libc.malloc.argtypes = (ctypes.c_size_t,)
+libc.free.argtypes = (ctypes.c_void_p,)
+allocator.trim_if_over()  # the level to grow from (the watcher may have set it already)
+size = 16 * 2**20
+blocks = [libc.malloc(size) for _ in range(64)]
+for p in blocks:
+    ctypes.memset(p, 1, size)
+for p in blocks[::2]:
+    libc.free(p)
+held = allocator.resident_bytes()
+spared = allocator.trim_if_over(headroom=8 << 30)
+after_spared = allocator.resident_bytes()
+trimmed = allocator.trim_if_over(headroom=128 << 20)
+print(json.dumps({"held": held, "spared": spared, "after_spared": after_spared,
+                  "trimmed": trimmed, "after": allocator.resident_bytes(),
+                  "trims": allocator.trims()}))
+"""
+
+
+@glibc
+def test_kept_memory_is_handed_back_past_the_headroom():
+    out = subprocess.run(
+        [sys.executable, "-c", HOLES], capture_output=True, text=True, check=True
+    )
+    r = json.loads(out.stdout)
+    mb = 2**20
+    assert r["held"] > 900 * mb  # 32 live blocks and 32 freed ones, all still resident
+    assert not r["spared"] and r["after_spared"] > 900 * mb  # within the headroom: kept
+    assert r["trimmed"] and r["trims"] == 1
+    assert r["after"] < r["held"] - 400 * mb  # the 512 MB of holes went back
