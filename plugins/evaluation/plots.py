@@ -24,7 +24,14 @@ from pathlib import Path
 from typing import Any
 
 from maia_core.files import atomic_write_bytes
-from maia_plugins.evaluation.summary import family, group, number, pooled_means, target_key
+from maia_plugins.evaluation.summary import (
+    family,
+    group,
+    number,
+    pooled_means,
+    shown_backbone,
+    target_key,
+)
 
 # MAIA (ICML 2024) with GPT-4V, from its evaluation/plots.py: (mean positive, mean negative).
 MAIA_REFERENCE = {
@@ -268,8 +275,7 @@ def draw_tasks(ax: Any, rows: list[dict[str, Any]]) -> None:
     ax.set_xticklabels(
         [
             _short(
-                f"{r['backbone']}{' +reflect ' + str(r['reflect']) if r.get('reflect') else ''}"
-                f"\n{r['target']} ({r['task']})",
+                f"{shown_backbone(r)}\n{r['target']} ({r['task']})",
                 40,
             )
             for r in rows

@@ -25,6 +25,7 @@ from maia_plugins.evaluation.summary import (
     display_rows,
     fmt,
     number,
+    shown_backbone,
     summarize,
     target_key,
 )
@@ -297,9 +298,8 @@ def render_card(record: dict[str, Any], root: Path) -> str:
         if record.get("skipped")
         else ""
     )
-    reflected = f" +reflect {record['reflect']}" if record.get("reflect") else ""
     return (
-        f'<div class="card"><div class="head"><b>{_e(record.get("backbone"))}{_e(reflected)}</b>{badge}{link}</div>'
+        f'<div class="card"><div class="head"><b>{_e(shown_backbone(record))}</b>{badge}{link}</div>'
         f'<div class="label">{_e(label) if label else MISSING}</div>{desc}{skipped}'
         f"{_scores(record)}{prompts}{_thumbs(record)}</div>"
     )

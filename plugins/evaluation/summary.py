@@ -159,7 +159,8 @@ def reflect_of(record: dict[str, Any]) -> int:
 
 
 def shown_backbone(record: dict[str, Any]) -> str:
-    """A backbone as the plots name it: with ``+reflect N`` when it reflected."""
+    """A backbone as the table, plots and cards name it: with ``+reflect N`` when it
+    reflected."""
     n = reflect_of(record)
     return _name(record.get("backbone")) + (f" +reflect {n}" if n else "")
 
@@ -346,7 +347,7 @@ def display_rows(
     shows it. Columns with no value in any row are left out (ground truth on a run with none).
     """
     columns: list[tuple[str, str, Any]] = [
-        ("Backbone", "Backbone", lambda r: str(r.get("backbone")) + (f" +reflect {r['reflect']}" if r.get("reflect") else "")),
+        ("Backbone", "Backbone", shown_backbone),
         ("Target", "Target", lambda r: str(r.get("target")) + (f" ({r['task']})" if r.get("task") not in (None, "describe") else "")),
         ("Completed", "Completed", lambda r: f"{r.get('completed', 0)}/{r.get('units', 0)}"),
         ("Not scored (skipped)", "Skipped", lambda r: str(r["skipped"]) if r.get("skipped") else MISSING),
