@@ -543,6 +543,7 @@ def test_eval_scores_reliance_claims_against_the_planted_truth(reliance_run, tmp
     )
     page = (tmp_path / "e/eval.html").read_text()
     assert "<th>Category</th>" in page and "<th>Ceiling (truth)</th>" in page
+    assert page.count("+reflect 2") >= 2  # the table's backbone and the unit's card
     assert (tmp_path / "e/plots/task_scores.png").is_file()
 
 
