@@ -91,11 +91,7 @@ def score_reliance(scorer: Any, result: dict[str, Any]) -> dict[str, Any]:
         )
         for t in planted
     ]
-    exact = (
-        all(found_value)
-        and len(claims) == len(planted)
-        and (combine == mode or (mode == "single" and combine == "single"))
-    )
+    exact = all(found_value) and len(claims) == len(planted) and combine == mode
     ceiling = None
     t_high, t_low = claim_prompts(obj, planted, mode, scorer.n)
     if t_high and t_low:
