@@ -90,11 +90,16 @@ def openai_image_rule(model: str | None, detail: str = "high") -> ImageTokens:
 
 
 def image_size(part: ImagePart) -> tuple[int, int]:
-    """Width and height from the encoded header, without decoding the pixels."""
-    from PIL import Image
+    """Width and height from the encoded header, without decoding the pixels (read once per
+    part: every image of the transcript is measured at every round)."""
+    size = getattr(part, "_size", None)
+    if size is None or size[0] is not part.data:
+        from PIL import Image
 
-    with Image.open(io.BytesIO(part.data)) as img:
-        return img.size
+        with Image.open(io.BytesIO(part.data)) as img:
+            size = (part.data, img.size)
+        part._size = size  # type: ignore[attr-defined]
+    return size[1]
 
 
 @dataclass
