@@ -93,10 +93,13 @@ def full_disk_stops(fix: str) -> Iterator[None]:
         raise UserError(disk_full_message(exc, shown_path(exc.filename or "a file"), fix)) from None
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, sync: bool = True) -> Path:
     """Write ``data`` to ``path`` through a temporary file in the same folder and a rename.
 
-    A full disk raises :class:`DiskFull`; nothing is left behind (the old file stays)."""
+    A full disk raises :class:`DiskFull`; nothing is left behind (the old file stays). With
+    ``sync`` (the default) the data reaches the disk before the rename, so it survives a crash
+    of the machine too; without it, only a crash of the process (for checkpoints that a
+    finished write replaces)."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -110,7 +113,8 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
-            os.fsync(f.fileno())
+            if sync:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
@@ -122,10 +126,12 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     return path
 
 
-def atomic_write_text(path: str | os.PathLike, text: str, errors: str = "strict") -> Path:
+def atomic_write_text(
+    path: str | os.PathLike, text: str, errors: str = "strict", *, sync: bool = True
+) -> Path:
     """``text`` as UTF-8; ``errors="replace"`` for pages that show text from elsewhere, so a
     lone surrogate (from a JSON escape or an undecodable file name) cannot stop the write."""
-    return atomic_write_bytes(path, text.encode("utf-8", errors))
+    return atomic_write_bytes(path, text.encode("utf-8", errors), sync=sync)
 
 
 def json_text(obj: Any, indent: int | None = None) -> str:
