@@ -91,17 +91,18 @@ class Collector:
             )
 
     def _add_image(self, part: ImagePart) -> None:
-        from maia_core.images import decode_image
+        from PIL import Image
 
         with self._lock:
             if self._images >= MAX_IMAGES:
                 self._dropped_images += 1
                 return
         try:
-            img = decode_image(part.data)
-            if max(img.size) > MAX_IMAGE_SIDE:
-                part = ImagePart.from_pil(resize_longest(img, MAX_IMAGE_SIDE), part.source)
-                self._shrunk += 1
+            with Image.open(io.BytesIO(part.data)) as img:  # its header: pixels only to shrink
+                if max(img.size) > MAX_IMAGE_SIDE:
+                    img.load()
+                    part = ImagePart.from_pil(resize_longest(img, MAX_IMAGE_SIDE), part.source)
+                    self._shrunk += 1
         except (OSError, ValueError):
             pass  # not decodable here: kept as sent, bytes still count
         with self._lock:
