@@ -161,9 +161,7 @@ print(json.dumps({"held": held, "spared": spared, "after_spared": after_spared,
 
 @glibc
 def test_kept_memory_is_handed_back_past_the_headroom():
-    out = subprocess.run(
-        [sys.executable, "-c", HOLES], capture_output=True, text=True, check=True
-    )
+    out = subprocess.run([sys.executable, "-c", HOLES], capture_output=True, text=True, check=True)
     r = json.loads(out.stdout)
     mb = 2**20
     assert r["held"] > 900 * mb  # 32 live blocks and 32 freed ones, all still resident
