@@ -221,3 +221,37 @@ def test_a_failing_reporter_whose_files_are_not_the_units_costs_no_unit(
         assert_whole(inv.out_dir)
     err = capfd.readouterr().err
     assert "the Dashboard reporter failed in message_added" in err and "not saved" not in err
+
+
+def test_history_checkpoints_skip_fsync_and_a_finished_units_files_are_synced(
+    with_thirdparty, tmp_path, monkeypatch
+):
+    """A checkpoint of history.json after each message is written atomically but not synced
+    (a unit that stops unfinished is studied again); the unit's last history.json, and every
+    file that marks or holds the finished unit, reach the disk before their rename."""
+    synced: list[str] = []
+    replaced: list[str] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        synced.append(os.path.basename(os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def replace(src, dst) -> None:
+        replaced.append(os.path.basename(dst))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    results = tmp_path / "results"
+    turns = write_replay(tmp_path / "t.json", [SMALL, SMALL, FINAL])
+    [inv] = run(toynet(results, turns, units="conv2=0"))
+    assert inv.result.status == "completed"
+    assert_whole(inv.out_dir)
+    writes = replaced.count("history.json")
+    assert writes >= 7  # system, task, three replies, two results, and the unit's end
+    # the temporary file is synced under its own name, just before it becomes history.json
+    history_syncs = [s for s in synced if s.startswith(".history.json.")]
+    assert len(history_syncs) == 1
+    for name in ("result.json", "label.txt", "description.txt", "report.html"):
+        assert any(s.startswith(f".{name}.") for s in synced), (name, synced)
