@@ -293,10 +293,10 @@ def test_a_killed_run_leaves_no_children_and_saves_what_finished(thirdparty_env,
     time.sleep(1)  # the investigations are under way
     children = _descendants(proc.pid)
     assert any("execution.host" in " ".join(p.cmdline()) for p in children)
-    started = time.monotonic()
     proc.send_signal(getattr(signal, sig))
-    _, stderr = proc.communicate(timeout=30)
-    assert time.monotonic() - started < 10, "the run did not stop promptly"
+    # Left alone, the cells' endless loops would hold the run for their 300 s limit: ending
+    # within 60 s is the signal's doing (an outcome, not a timing on a loaded machine).
+    _, stderr = proc.communicate(timeout=60)
     if sig != "SIGKILL":
         assert proc.returncode == 130
         assert "Finished units are saved" in stderr
