@@ -88,9 +88,8 @@ def test_report_opens_offline_without_errors(results):
     requests, errors, info = open_in_chromium(report)
     assert requests == [report.as_uri()], "the report asked the network for something"
     assert errors == []
-    assert len(info["images"]) == 2 and all(
-        w == 64 for w in info["images"]
-    )  # inline images decoded
+    # the inline images decoded
+    assert len(info["images"]) == 2 and all(w == 64 for w in info["images"])
     assert "<script>alert(1)</script>" in info["text"]  # shown as text, not run
     assert "https://example.com" in info["text"] and info["links"] == []
 
