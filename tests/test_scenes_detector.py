@@ -156,3 +156,57 @@ def test_the_view_key_round_trips_a_normalized_batch():
     assert len(set(keys)) == 3 and keys == view_keys(x.clone(), pre)
     assert view_keys(x + 0.01, pre) != keys
     assert torch.equal(pre.to_tensor(views), x)
+
+
+@needs_stamps
+def test_a_render_drawn_again_keeps_its_facts_and_a_batch_its_keys(world):
+    """A baseline draws the same prompts for every unit: the second time, the detector finds
+    the facts it built (not built again), and a batch's keys are computed once for its note
+    and its forward pass."""
+    from maia_plugins.detectors.scene_truth import view_keys
+
+    target, t2i, _edit, _ctx, units = world
+    det = target.detector
+    unit = units[("zebra",)]
+
+    def facts_of(images):
+        x = target.preprocess.to_tensor([target.preprocess.view(im) for im in images])
+        return det.facts(x)
+
+    prompts = ["a zebra and a dog on grass", "a zebra in space"]
+    first, _ = t2i.generate(prompts, 900)
+    assert activations(target, first, unit) == [1.0, 1.0]
+    built = facts_of(first)
+    again, _ = t2i.generate(prompts, 900)
+    assert activations(target, again, unit) == [1.0, 1.0]
+    found = facts_of(again)
+    assert all(f is not None for f in built)
+    assert all(a is b for a, b in zip(built, found))
+
+    x = target.preprocess.to_tensor([target.preprocess.view(im) for im in first])
+    keys = det.truth.keys(x)
+    assert det.truth.keys(x) is keys and keys == view_keys(x, det.truth.preprocess)
+    x.add_(0.25)  # changed in place: its keys are computed again
+    changed = det.truth.keys(x)
+    assert changed != keys and changed == view_keys(x, det.truth.preprocess)
+    with torch.inference_mode():  # no version counter: computed every time, never remembered
+        xi = target.preprocess.to_tensor([target.preprocess.view(im) for im in first])
+        assert det.truth.keys(xi) == keys
+        xi.add_(0.25)
+        assert det.truth.keys(xi) == changed
+
+
+def test_the_facts_grid_in_numpy_is_torchs_average_pool_to_the_bit():
+    from maia_plugins.detectors.scene_truth import grid_of, to_grid
+
+    rng = np.random.default_rng(3)
+    for shape in [(224, 224), (448, 448), (112, 168), (230, 230)]:
+        planes = [
+            rng.integers(0, 256, shape).astype(np.float32) / 255.0,
+            rng.random(shape, dtype=np.float32),
+            (rng.random(shape) > 0.5).astype(np.float32),
+        ]
+        for plane in planes:
+            want = to_grid(torch.from_numpy(plane)[None, None])[0, 0].numpy()
+            got = grid_of(plane)
+            assert got.dtype == np.float32 and np.array_equal(got, want), shape

@@ -324,10 +324,16 @@ def test_words_not_understood_are_noted_never_silently_dropped(t2i):
 
 
 @needs_stamps
-def test_seeds_determinism_and_distinct_prompts(t2i):
+def test_seeds_determinism_and_distinct_prompts(t2i, ctx):
     prompts = ["a zebra", "a dog on grass", "two red apples", "a cat on the left", "blue"]
     first, _ = t2i.generate(prompts, 100)
-    again, _ = t2i.generate(prompts, 100)
+    # drawn again by a tool whose render cache is empty: the renderer itself is deterministic
+    again, _ = (
+        plugins.registry("tools")
+        .resolve("text2image=scenes")[0]
+        .factory(ctx, size=str(SIZE))
+        .generate(prompts, 100)
+    )
     assert [im.tobytes() for im in first] == [im.tobytes() for im in again]
     # Image i comes from seed + i, whatever else is in the call.
     [third], _ = t2i.generate(["two red apples"], 102)
@@ -361,13 +367,15 @@ def test_the_same_pixels_in_another_process(t2i):
 
 
 @needs_stamps
-def test_concurrent_calls_from_threads_match_serial_ones(t2i):
+def test_concurrent_calls_from_threads_match_serial_ones(t2i, ctx):
     prompts = [f"{n} red apples on grass" for n in ("one", "two", "three")] + ["a puppy"]
     serial = [im.tobytes() for im in t2i.generate(prompts, 3)[0]]
     results: list = [None] * 4
+    # a tool with an empty render cache, so that the threads draw at once, not read the cache
+    fresh = plugins.registry("tools").resolve("text2image=scenes")[0].factory(ctx, size=str(SIZE))
 
     def work(k):
-        results[k] = [im.tobytes() for im in t2i.generate(prompts, 3)[0]]
+        results[k] = [im.tobytes() for im in fresh.generate(prompts, 3)[0]]
 
     threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
     for t in threads:
@@ -375,6 +383,26 @@ def test_concurrent_calls_from_threads_match_serial_ones(t2i):
     for t in threads:
         t.join()
     assert all(r == serial for r in results)
+
+
+@needs_stamps
+def test_a_prompt_drawn_again_comes_from_the_render_cache_as_a_copy(t2i, ctx):
+    from PIL import ImageDraw
+
+    prompts = ["a dog and a cat on grass", "three red apples"]
+    first = t2i.render(prompts, 500)
+    again = t2i.render(prompts, 500)
+    for (a, truth_a), (b, truth_b) in zip(first, again):
+        # the same pixels, in an image of the caller's own
+        assert a.tobytes() == b.tobytes() and a is not b
+        # the same ground truth, so what a detector built from it holds for the new image
+        assert truth_b is truth_a and ctx.truth.get(b) is truth_b
+    ImageDraw.Draw(again[0][0]).rectangle((0, 0, 60, 60), fill="red")
+    [(third, _)] = t2i.render(prompts[:1], 500)
+    assert third.tobytes() == first[0][0].tobytes()
+    # the seed is part of what is cached: the next seed draws another scene
+    [(other, _)] = t2i.render(prompts[:1], 501)
+    assert other.tobytes() != first[0][0].tobytes()
 
 
 @needs_stamps

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import weakref
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ from maia_core.torch_runtime.target import Preprocess
 from maia_plugins.detectors.vocabulary import COLORS
 
 GRID = 56  # the facts' grid over the view, as the offline detector's masks
+_RECENT = 8  # batches whose keys a ViewTruth remembers
 COLOR_NAMES = COLORS  # the offline detector's colours, in its order
 # Scenes background names -> the label a prompt would give them.
 BACKGROUND_LABELS = {
@@ -64,6 +66,14 @@ def view_keys(x: torch.Tensor, preprocess: Preprocess) -> list[bytes]:
     """One key per row of a normalized batch: a digest of its uint8 view."""
     pixels = view_pixels(x, preprocess).cpu().contiguous().numpy()
     return [hashlib.blake2b(row.tobytes(), digest_size=16).digest() for row in pixels]
+
+
+def _version(x: torch.Tensor) -> int | None:
+    """How many times ``x`` was changed in place, or None for an inference tensor."""
+    try:
+        return x._version
+    except RuntimeError:
+        return None
 
 
 def is_scene(annotation: Any) -> bool:
@@ -95,6 +105,26 @@ class ViewTruth:
         self.capacity = capacity
         self._items: OrderedDict[bytes, _Entry] = OrderedDict()
         self._lock = threading.Lock()
+        # The keys of the last batches noted, by the tensor itself: the same batch is looked
+        # up again in its forward pass, and its keys need not be computed twice.
+        self._recent: OrderedDict[int, tuple[weakref.ref, int, list[bytes]]] = OrderedDict()
+
+    def keys(self, x: torch.Tensor) -> list[bytes]:
+        """:func:`view_keys` of ``x``, remembered for the few tensors noted last (while they
+        live and are not changed in place)."""
+        version = _version(x)
+        if version is None:  # an inference tensor: no counter tells whether it changed
+            return view_keys(x, self.preprocess)
+        with self._lock:
+            memo = self._recent.get(id(x))
+        if memo is not None and memo[0]() is x and memo[1] == version:
+            return memo[2]
+        keys = view_keys(x, self.preprocess)
+        with self._lock:
+            self._recent[id(x)] = (weakref.ref(x), version, keys)
+            while len(self._recent) > _RECENT:
+                self._recent.popitem(last=False)
+        return keys
 
     def note(self, x: torch.Tensor, annotations: Sequence[Any]) -> list[bool]:
         """Remember the annotations of rows of ``x`` (None, or anything but a whole scene's,
@@ -102,7 +132,7 @@ class ViewTruth:
         found = [is_scene(a) for a in annotations]
         if not any(found):
             return found
-        keys = view_keys(x, self.preprocess)
+        keys = self.keys(x)
         with self._lock:
             for key, annotation, ok in zip(keys, annotations, found):
                 if not ok:
@@ -122,7 +152,7 @@ class ViewTruth:
         where it has no annotation."""
         if not self._items:
             return [None] * x.shape[0]
-        keys = keys if keys is not None else view_keys(x, self.preprocess)
+        keys = keys if keys is not None else self.keys(x)
         with self._lock:
             entries = [self._items.get(k) for k in keys]
         out: list[SceneFacts | None] = []
@@ -367,8 +397,25 @@ def view_mask(mask: np.ndarray, preprocess: Preprocess) -> np.ndarray:
     """An image-sized bool mask as the share of each GRID cell of the view it covers."""
     im = Image.fromarray(np.asarray(mask, dtype=np.uint8) * 255, "L")
     view = np.asarray(preprocess.view(im))[..., 0].astype(np.float32) / 255.0
-    t = torch.from_numpy(np.ascontiguousarray(view))[None, None]
-    return to_grid(t)[0, 0].numpy()
+    return grid_of(view)
+
+
+def grid_of(plane: np.ndarray) -> np.ndarray:
+    """:func:`to_grid` of one float32 ``[H, W]`` plane, in numpy: the same numbers (each cell
+    summed in float32 row by row, then divided, as torch's average pool does), without a
+    torch call per mask. A small torch op runs in parallel across threads, and on a busy
+    machine each such call waits for its threads: an image's facts cost milliseconds a mask."""
+    h, w = plane.shape
+    if h % GRID or w % GRID:
+        t = torch.from_numpy(np.ascontiguousarray(plane, dtype=np.float32))[None, None]
+        return to_grid(t)[0, 0].numpy()
+    kh, kw = h // GRID, w // GRID
+    cells = np.asarray(plane, dtype=np.float32).reshape(GRID, kh, GRID, kw)
+    total = np.zeros((GRID, GRID), dtype=np.float32)
+    for i in range(kh):
+        for j in range(kw):
+            total += cells[:, i, :, j]
+    return total / np.float32(kh * kw)
 
 
 def _patch_cells(effect: dict[str, Any], size: int, preprocess: Preprocess) -> np.ndarray:

@@ -71,6 +71,10 @@ if TYPE_CHECKING:
 
 OPTIONS = ("size", "stamps", "categories", "exclude")
 DEFAULT_SIZE = 256
+# Rendered images kept for prompts that come back (the annotations are held anyway, by the
+# truth registry and the scenes detector): a baseline's largest round, 1,411 images at 224
+# px, fits, with the other units' surveys beside it.
+RENDER_CACHE_MB = 384
 
 
 @hookimpl
@@ -155,8 +159,13 @@ class ScenesText2Image(_ScenesTool, Text2Image):
     name = "scenes"
 
     def __init__(self, ctx: ToolContext, **options: Any):
+        from maia_plugins.tools.scene_language import _LRU
+
         super().__init__(ctx)
         self._language, self.size = _language(ctx, options, "Tool text2image=scenes")
+        # Recent renders by (prompt, seed): a render is a pure function of them, and the same
+        # prompts come back from unit to unit (a baseline's survey, seed 0, for every unit).
+        self._renders = _LRU(RENDER_CACHE_MB * 2**20)
 
     def parameters(self) -> dict[str, Any]:
         return {"size": self.size}
@@ -176,13 +185,22 @@ class ScenesText2Image(_ScenesTool, Text2Image):
         is also put in ``ctx.truth``."""
         out = []
         for i, prompt in enumerate(prompts):
-            parsed = self.language.parse(prompt)
-            composed = self.language.compose(parsed, seed + i, self.size)
-            scene = self.language.renderer.render(composed.spec, self.size)
-            annotation = _annotate(scene, composed.extras, composed.background)
-            annotation.update(prompt=prompt, seed=seed + i, notes=parsed.notes + composed.notes)
-            self._ctx.truth.put(scene.image, annotation)
-            out.append((scene.image, annotation))
+            key = (prompt, seed + i, self.size)
+            hit = self._renders.value(key)
+            if hit is None:
+                parsed = self.language.parse(prompt)
+                composed = self.language.compose(parsed, seed + i, self.size)
+                scene = self.language.renderer.render(composed.spec, self.size)
+                annotation = _annotate(scene, composed.extras, composed.background)
+                annotation.update(prompt=prompt, seed=seed + i, notes=parsed.notes + composed.notes)
+                hit = (scene.image, annotation)
+                im = scene.image
+                self._renders.put(key, hit, im.width * im.height * len(im.getbands()))
+            # The cached image stays the cache's; the annotation is the same object, so the
+            # facts a detector built from it last time are still its (``ViewTruth``).
+            image, annotation = hit[0].copy(), hit[1]
+            self._ctx.truth.put(image, annotation)
+            out.append((image, annotation))
         return out
 
 
