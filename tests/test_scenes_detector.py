@@ -210,3 +210,54 @@ def test_the_facts_grid_in_numpy_is_torchs_average_pool_to_the_bit():
             want = to_grid(torch.from_numpy(plane)[None, None])[0, 0].numpy()
             got = grid_of(plane)
             assert got.dtype == np.float32 and np.array_equal(got, want), shape
+
+
+@needs_stamps
+def test_facts_two_threads_need_at_once_are_built_once(world, monkeypatch):
+    """Two investigations measuring the same new images at once: each image's facts are
+    built by one of them, and the other waits for them."""
+    import threading
+    import time
+
+    from maia_plugins.detectors import scene_truth
+
+    target, t2i, _edit, _ctx, _units = world
+    det = target.detector
+    images, _ = t2i.generate(["a dog and a cat in space"], 4242)
+    x = target.preprocess.to_tensor([target.preprocess.view(im) for im in images])
+    det.note_images(images, x)
+    real_build, real_keys = scene_truth.SceneFacts.build, det.truth.keys
+    built, asked = [], []
+    inside, release = threading.Event(), threading.Event()
+
+    def build(*args, **kwargs):
+        built.append(args[0])
+        if len(built) == 1:
+            inside.set()
+            release.wait(120)
+        return real_build(*args, **kwargs)
+
+    def keys(t):
+        asked.append(t)
+        return real_keys(t)
+
+    monkeypatch.setattr(scene_truth.SceneFacts, "build", staticmethod(build))
+    monkeypatch.setattr(det.truth, "keys", keys)
+    results: list = [None, None]
+
+    def work(k):
+        results[k] = det.facts(x.clone())
+
+    first = threading.Thread(target=work, args=(0,))
+    first.start()
+    assert inside.wait(120)
+    second = threading.Thread(target=work, args=(1,))
+    second.start()
+    while len(asked) < 2 and second.is_alive():
+        time.sleep(0.01)
+    time.sleep(0.2)  # the second call goes on to wait (or, were it not to, to build)
+    release.set()
+    first.join(120)
+    second.join(120)
+    assert len(built) == 1
+    assert results[0][0] is not None and results[1][0] is results[0][0]

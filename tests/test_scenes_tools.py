@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -403,6 +404,53 @@ def test_a_prompt_drawn_again_comes_from_the_render_cache_as_a_copy(t2i, ctx):
     # the seed is part of what is cached: the next seed draws another scene
     [(other, _)] = t2i.render(prompts[:1], 501)
     assert other.tobytes() != first[0][0].tobytes()
+
+
+@needs_stamps
+def test_a_prompt_two_calls_draw_at_once_is_drawn_once(monkeypatch):
+    """Two investigations running the same survey at once: the second waits for the first's
+    drawing instead of drawing the same scene again."""
+    t2i = (
+        plugins.registry("tools")
+        .resolve("text2image=scenes")[0]
+        .factory(ToolContext(target=None, device="cpu"), size=str(SIZE))
+    )
+    renderer = t2i.language.renderer
+    real_render, real_value = renderer.render, t2i._renders.value
+    drawn, looked_up = [], []
+    inside, release = threading.Event(), threading.Event()
+
+    def render(spec, size):
+        drawn.append(spec)
+        if len(drawn) == 1:  # the first drawing waits until the second call is under way
+            inside.set()
+            release.wait(120)
+        return real_render(spec, size)
+
+    def value(key):
+        looked_up.append(key)
+        return real_value(key)
+
+    monkeypatch.setattr(renderer, "render", render)
+    monkeypatch.setattr(t2i._renders, "value", value)
+    results: list = [None, None]
+
+    def work(k):
+        results[k] = [im.tobytes() for im in t2i.generate(["a zebra on grass"], 77)[0]]
+
+    first = threading.Thread(target=work, args=(0,))
+    first.start()
+    assert inside.wait(120)
+    second = threading.Thread(target=work, args=(1,))
+    second.start()
+    while len(looked_up) < 2 and second.is_alive():
+        time.sleep(0.01)
+    time.sleep(0.2)  # the second call goes on to wait (or, were it not to, to draw)
+    release.set()
+    first.join(120)
+    second.join(120)
+    assert len(drawn) == 1
+    assert results[0] is not None and results[0] == results[1]
 
 
 @needs_stamps

@@ -95,6 +95,7 @@ def is_scene(annotation: Any) -> bool:
 class _Entry:
     annotation: dict[str, Any]
     facts: SceneFacts | None = None
+    building: threading.Event | None = None  # set while one thread builds the facts
 
 
 class ViewTruth:
@@ -153,19 +154,44 @@ class ViewTruth:
         if not self._items:
             return [None] * x.shape[0]
         keys = keys if keys is not None else self.keys(x)
+        # Facts missing are built here, once: those another thread is building (the same
+        # images, measured by two investigations at once) are waited for.
+        mine: list[int] = []
+        theirs: list[threading.Event] = []
         with self._lock:
             entries = [self._items.get(k) for k in keys]
-        out: list[SceneFacts | None] = []
-        missing = [i for i, e in enumerate(entries) if e is not None and e.facts is None]
-        if missing:
-            cells = cell_colors(x[missing], self.preprocess)
-            for j, i in enumerate(missing):
-                entries[i].facts = SceneFacts.build(
-                    entries[i].annotation, cells[j], self.preprocess, matcher
-                )
-        for e in entries:
-            out.append(None if e is None else e.facts)
-        return out
+            for i, e in enumerate(entries):
+                if e is None or e.facts is not None:
+                    continue
+                if e.building is None:
+                    e.building = threading.Event()
+                    mine.append(i)
+                elif not any(entries[j] is e for j in mine):
+                    theirs.append(e.building)
+        if mine:
+            try:
+                self._build(x, entries, mine, matcher)
+            finally:
+                with self._lock:
+                    for i in mine:
+                        event, entries[i].building = entries[i].building, None
+                        if event is not None:
+                            event.set()
+        for event in theirs:
+            event.wait()
+        late = [i for i, e in enumerate(entries) if e is not None and e.facts is None]
+        if late:  # their builder failed: build them here
+            self._build(x, entries, late, matcher)
+        return [None if e is None else e.facts for e in entries]
+
+    def _build(
+        self, x: torch.Tensor, entries: list[_Entry | None], rows: list[int], matcher: Any
+    ) -> None:
+        cells = cell_colors(x[rows], self.preprocess)
+        for j, i in enumerate(rows):
+            entry = entries[i]
+            if entry is not None and entry.facts is None:
+                entry.facts = SceneFacts.build(entry.annotation, cells[j], self.preprocess, matcher)
 
     def __len__(self) -> int:
         return len(self._items)

@@ -57,6 +57,7 @@ Host-side API (no call scope needed; ``ctx = ToolContext(target=None, device="cp
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -166,6 +167,8 @@ class ScenesText2Image(_ScenesTool, Text2Image):
         # Recent renders by (prompt, seed): a render is a pure function of them, and the same
         # prompts come back from unit to unit (a baseline's survey, seed 0, for every unit).
         self._renders = _LRU(RENDER_CACHE_MB * 2**20)
+        self._drawing: dict[tuple, threading.Event] = {}
+        self._lock = threading.Lock()
 
     def parameters(self) -> dict[str, Any]:
         return {"size": self.size}
@@ -185,23 +188,40 @@ class ScenesText2Image(_ScenesTool, Text2Image):
         is also put in ``ctx.truth``."""
         out = []
         for i, prompt in enumerate(prompts):
-            key = (prompt, seed + i, self.size)
-            hit = self._renders.value(key)
-            if hit is None:
-                parsed = self.language.parse(prompt)
-                composed = self.language.compose(parsed, seed + i, self.size)
-                scene = self.language.renderer.render(composed.spec, self.size)
-                annotation = _annotate(scene, composed.extras, composed.background)
-                annotation.update(prompt=prompt, seed=seed + i, notes=parsed.notes + composed.notes)
-                hit = (scene.image, annotation)
-                im = scene.image
-                self._renders.put(key, hit, im.width * im.height * len(im.getbands()))
+            cached, annotation = self._render_one(prompt, seed + i)
             # The cached image stays the cache's; the annotation is the same object, so the
             # facts a detector built from it last time are still its (``ViewTruth``).
-            image, annotation = hit[0].copy(), hit[1]
+            image = cached.copy()
             self._ctx.truth.put(image, annotation)
             out.append((image, annotation))
         return out
+
+    def _render_one(self, prompt: str, seed: int) -> tuple[Image.Image, dict[str, Any]]:
+        """From the cache, or drawn once: a prompt another call is drawing at this moment (two
+        investigations running the same survey) is waited for, not drawn twice."""
+        key = (prompt, seed, self.size)
+        while True:
+            hit = self._renders.value(key)
+            if hit is not None:
+                return hit
+            with self._lock:
+                drawing = self._drawing.get(key)
+                if drawing is None:
+                    self._drawing[key] = threading.Event()
+                    break
+            drawing.wait()  # then from the cache (or drawn here, if that call failed)
+        try:
+            parsed = self.language.parse(prompt)
+            composed = self.language.compose(parsed, seed, self.size)
+            scene = self.language.renderer.render(composed.spec, self.size)
+            annotation = _annotate(scene, composed.extras, composed.background)
+            annotation.update(prompt=prompt, seed=seed, notes=parsed.notes + composed.notes)
+            im = scene.image
+            self._renders.put(key, (im, annotation), im.width * im.height * len(im.getbands()))
+            return im, annotation
+        finally:
+            with self._lock:
+                self._drawing.pop(key).set()
 
 
 class ScenesEditImages(_ScenesTool, EditImages):
