@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import io
 import sys
 from pathlib import Path
@@ -139,12 +140,23 @@ def to_pil_list(images: Any) -> list[Image.Image]:
 
 
 def dim_outside(img: Image.Image, mask: np.ndarray, factor: float = DIM_OUTSIDE) -> Image.Image:
-    """Keep pixels where ``mask`` is true; scale the others by ``factor``."""
+    """Keep pixels where ``mask`` is true; scale the others by ``factor`` (each channel value
+    ``v`` becomes ``round(v * factor)``, in float32)."""
     import numpy as np
     from PIL import Image
 
-    arr = np.asarray(img.convert("RGB"), dtype=np.float32)
-    if mask.shape != arr.shape[:2]:
-        raise ValueError(f"mask {mask.shape} does not match image {arr.shape[:2]}")
-    weight = np.where(mask, np.float32(1.0), np.float32(factor))[..., None]
-    return Image.fromarray((arr * weight).round().astype(np.uint8))
+    img = img.convert("RGB") if img.mode != "RGB" else img
+    if mask.shape != (img.height, img.width):
+        raise ValueError(f"mask {mask.shape} does not match image {(img.height, img.width)}")
+    # PIL's table lookup and composite: the same pixels as the arithmetic in numpy, in a
+    # third of its time (a masked image for every image a unit is measured on).
+    keep = Image.fromarray(np.asarray(mask, dtype=bool).astype(np.uint8) * 255, "L")
+    return Image.composite(img, img.point(_dim_table(float(factor))), keep)
+
+
+@functools.lru_cache(maxsize=8)
+def _dim_table(factor: float) -> list[int]:
+    import numpy as np
+
+    values = np.arange(256, dtype=np.float32) * np.float32(factor)
+    return np.clip(values.round(), 0, 255).astype(np.uint8).tolist() * 3

@@ -1,6 +1,7 @@
 import json
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from maia_core.images import dim_outside, encode_image, sniff_media_type, to_pil
@@ -58,6 +59,25 @@ def test_dim_outside_keeps_the_mask_and_dims_the_rest():
     out = np.asarray(dim_outside(img, mask))
     assert tuple(out[0, 0]) == (200, 100, 40)
     assert tuple(out[0, 1]) == (50, 25, 10)
+
+
+def test_dim_outside_is_the_float32_arithmetic_to_the_pixel():
+    """Every channel value outside the mask becomes round(v * factor) in float32, whatever the
+    factor, mode or mask type."""
+    rng = np.random.default_rng(5)
+    img = Image.fromarray(rng.integers(0, 256, (37, 53, 3), dtype=np.uint8))
+    mask = rng.random((37, 53)) > 0.4
+    arr = np.asarray(img, dtype=np.float32)
+    for factor in (0.25, 0.1, 0.3, 0.77, 1.0, 0.0):
+        want = (arr * np.where(mask, np.float32(1), np.float32(factor))[..., None]).round()
+        assert np.array_equal(np.asarray(dim_outside(img, mask, factor)), want.astype(np.uint8))
+    grey = img.convert("L")
+    out = dim_outside(grey, mask.astype(np.float32))  # any mode in, RGB out; a 0/1 float mask
+    weight = np.where(mask, np.float32(1), np.float32(0.25))[..., None]
+    want = (np.asarray(grey.convert("RGB"), dtype=np.float32) * weight).round()
+    assert out.mode == "RGB" and np.array_equal(np.asarray(out), want.astype(np.uint8))
+    with pytest.raises(ValueError, match="does not match"):
+        dim_outside(img, mask[:, :10])
 
 
 def test_text_part_sources_survive():
