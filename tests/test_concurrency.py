@@ -82,7 +82,10 @@ EXPECTED = {
 
 
 def test_every_fault_costs_only_its_kernel_while_others_run(with_thirdparty, tmp_path):
-    invs = run(toynet(tmp_path, [FAULT_CELL, MEASURE, FINAL], concurrency=8, memory_limit="600M"))
+    # A cap the memory fault passes soon after it starts, inside the 3 s cell limit, even where
+    # fresh pages come slowly (a VM whose memory its host backs on first touch: 80 MB/s seen
+    # here); a kernel itself holds about 45 MB.
+    invs = run(toynet(tmp_path, [FAULT_CELL, MEASURE, FINAL], concurrency=8, memory_limit="200M"))
     assert [i.result.status for i in invs] == ["completed"] * 8
     for inv in invs:
         fault_result = inv.messages[3].text

@@ -164,6 +164,9 @@ def test_segfault_restarts_the_worker(fresh):
 def test_memory_past_the_cap_kills_only_the_cell(execution, asked):
     session = execution.session(_ask(asked))
     session.memory_limit = 400 * 2**20
+    # Memory, not time, must stop it: on a machine where fresh pages come slowly (a VM whose
+    # memory its host backs on first touch: 80 MB/s seen here), 400 MB can take seconds.
+    session.cell_timeout = 120.0
     session.begin(UNIT)
     try:
         r = session.run_cell(
@@ -278,3 +281,29 @@ def test_a_host_shut_down_by_ctrl_c_is_not_restarted_by_the_units_in_flight(with
     pool.close()
     with pytest.raises(RuntimeError, match="the run is stopping"):
         pool.take()
+
+
+def test_the_limits_watch_outlives_a_pass_that_fails(monkeypatch):
+    """One pass over /proc that raises (a process table read mid-change, say) must not end the
+    watch: every kernel's memory and process caps would be gone for the rest of the run."""
+    import threading
+
+    from maia_core.execution.isolation import ResourceWatch
+
+    watch = ResourceWatch(interval=0.01)
+    passes: list[int] = []
+    again = threading.Event()
+
+    def check(only=None):
+        passes.append(len(passes))
+        if len(passes) == 1:
+            raise RuntimeError("a bad pass")
+        again.set()
+
+    monkeypatch.setattr(watch, "check", check)
+    watch.watch(os.getpid(), 2**40, None, [])
+    try:
+        assert again.wait(60), passes
+    finally:
+        watch._stop.set()
+    assert len(passes) >= 2

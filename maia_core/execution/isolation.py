@@ -339,7 +339,10 @@ class ResourceWatch:
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
-            self.check()
+            try:
+                self.check()
+            except Exception:  # noqa: BLE001 - a bad pass must not end the watch for good
+                continue
 
 
 resource_watch = ResourceWatch()

@@ -750,6 +750,9 @@ class KernelSession:
                     self._cancel_host_call()
                     deadline = time.monotonic() + INTERRUPT_GRACE
                 else:
+                    # A tree over its memory is killed for that (the truer reason), even when
+                    # the watcher's last pass came before it grew.
+                    isolation.resource_watch.check(only=self.proc.pid)
                     self._kill(
                         f"the cell ran past its {self.cell_timeout:g} s limit and did not stop when interrupted"
                     )
