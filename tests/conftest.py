@@ -8,6 +8,8 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -135,3 +137,28 @@ def make_photo_folder(
     if broken:
         (folder / "img007b.jpg").write_bytes(b"this is not a jpeg")
     return folder
+
+
+def two_at_once(work, inside: threading.Event, release: threading.Event, looked: list) -> list:
+    """``work(0)`` and ``work(1)`` in two threads, the second started while the first is held
+    inside the work they would share (it sets ``inside``, then waits for ``release``). The
+    first is let go once the second has made its own lookup (``looked`` has two entries) and
+    had a moment to go on: to wait for the first, or, were it not to, to do the work itself.
+    Returns their results."""
+    results: list = [None, None]
+
+    def run(k: int) -> None:
+        results[k] = work(k)
+
+    first = threading.Thread(target=run, args=(0,))
+    first.start()
+    assert inside.wait(120)
+    second = threading.Thread(target=run, args=(1,))
+    second.start()
+    while len(looked) < 2 and second.is_alive():
+        time.sleep(0.01)
+    time.sleep(0.2)
+    release.set()
+    first.join(120)
+    second.join(120)
+    return results

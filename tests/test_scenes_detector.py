@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import two_at_once
 from maia_core import plugins
 from maia_core.tools import CallScope, ToolContext, call_scope
 from maia_core.units import Unit
@@ -217,7 +218,6 @@ def test_facts_two_threads_need_at_once_are_built_once(world, monkeypatch):
     """Two investigations measuring the same new images at once: each image's facts are
     built by one of them, and the other waits for them."""
     import threading
-    import time
 
     from maia_plugins.detectors import scene_truth
 
@@ -243,21 +243,6 @@ def test_facts_two_threads_need_at_once_are_built_once(world, monkeypatch):
 
     monkeypatch.setattr(scene_truth.SceneFacts, "build", staticmethod(build))
     monkeypatch.setattr(det.truth, "keys", keys)
-    results: list = [None, None]
-
-    def work(k):
-        results[k] = det.facts(x.clone())
-
-    first = threading.Thread(target=work, args=(0,))
-    first.start()
-    assert inside.wait(120)
-    second = threading.Thread(target=work, args=(1,))
-    second.start()
-    while len(asked) < 2 and second.is_alive():
-        time.sleep(0.01)
-    time.sleep(0.2)  # the second call goes on to wait (or, were it not to, to build)
-    release.set()
-    first.join(120)
-    second.join(120)
+    results = two_at_once(lambda k: det.facts(x.clone()), inside, release, asked)
     assert len(built) == 1
     assert results[0][0] is not None and results[1][0] is results[0][0]

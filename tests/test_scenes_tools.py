@@ -10,13 +10,13 @@ import os
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import two_at_once
 from maia_core import plugins
 from maia_core.errors import ToolError, UserError
 from maia_core.tools import CallScope, ToolContext, call_scope
@@ -433,22 +433,12 @@ def test_a_prompt_two_calls_draw_at_once_is_drawn_once(monkeypatch):
 
     monkeypatch.setattr(renderer, "render", render)
     monkeypatch.setattr(t2i._renders, "value", value)
-    results: list = [None, None]
-
-    def work(k):
-        results[k] = [im.tobytes() for im in t2i.generate(["a zebra on grass"], 77)[0]]
-
-    first = threading.Thread(target=work, args=(0,))
-    first.start()
-    assert inside.wait(120)
-    second = threading.Thread(target=work, args=(1,))
-    second.start()
-    while len(looked_up) < 2 and second.is_alive():
-        time.sleep(0.01)
-    time.sleep(0.2)  # the second call goes on to wait (or, were it not to, to draw)
-    release.set()
-    first.join(120)
-    second.join(120)
+    results = two_at_once(
+        lambda k: [im.tobytes() for im in t2i.generate(["a zebra on grass"], 77)[0]],
+        inside,
+        release,
+        looked_up,
+    )
     assert len(drawn) == 1
     assert results[0] is not None and results[0] == results[1]
 
