@@ -12,7 +12,9 @@ import pytest
 # targets; the SDKs with backbones. None is needed to list commands or plugins. Nor, for the
 # help, are rich and pygments (the console and html reporters' own; `maia plugins` prints a
 # rich table).
-HEAVY = ("numpy", "msgpack", "torch", "anthropic", "openai", "PIL")
+# The API backbones' machinery (requests, retries, rate limits, context fitting) comes only
+# with a backbone that is made: their plugins register them without it.
+HEAVY = ("numpy", "msgpack", "torch", "anthropic", "openai", "PIL", "maia_core.providers.api")
 REPORTERS = ("rich", "pygments")
 
 SCRIPT = """
@@ -23,7 +25,8 @@ try:
     cli.main()  # loads the plugins' commands, as the `maia` script does
 except SystemExit:
     pass
-print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] in {heavy})))
+heavy = {heavy}
+print(json.dumps(sorted(m for m in sys.modules if any(m == h or m.startswith(h + ".") for h in heavy))))
 """
 
 
