@@ -248,6 +248,17 @@ def _descendants(pid):
         return []
 
 
+def _cmdline(p) -> str:
+    """A process's command line, or "" for one that has just ended (gone, or a zombie not yet
+    reaped: the sandbox probe's short-lived children, say)."""
+    import psutil
+
+    try:
+        return " ".join(p.cmdline())
+    except psutil.Error:
+        return ""
+
+
 @pytest.mark.parametrize("sig", ["SIGTERM", "SIGHUP", "SIGINT", "SIGKILL"])
 def test_a_killed_run_leaves_no_children_and_saves_what_finished(thirdparty_env, tmp_path, sig):
     import signal
@@ -285,14 +296,14 @@ def test_a_killed_run_leaves_no_children_and_saves_what_finished(thirdparty_env,
     )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        lines = [" ".join(p.cmdline()) for p in _descendants(proc.pid)]
+        lines = [_cmdline(p) for p in _descendants(proc.pid)]
         kernels = [line for line in lines if "execution.kernel" in line]
         if len(kernels) >= 2 and any("execution.host" in line for line in lines):
             break
         time.sleep(0.2)
     time.sleep(1)  # the investigations are under way
     children = _descendants(proc.pid)
-    assert any("execution.host" in " ".join(p.cmdline()) for p in children)
+    assert any("execution.host" in _cmdline(p) for p in children)
     proc.send_signal(getattr(signal, sig))
     # Left alone, the cells' endless loops would hold the run for their 300 s limit: ending
     # within 60 s is the signal's doing (an outcome, not a timing on a loaded machine).
@@ -301,7 +312,7 @@ def test_a_killed_run_leaves_no_children_and_saves_what_finished(thirdparty_env,
         assert proc.returncode == 130
         assert "Finished units are saved" in stderr
     gone, alive = psutil.wait_procs(children, timeout=10)
-    assert not alive, [p.cmdline() for p in alive]
+    assert not alive, [_cmdline(p) for p in alive]
     # nothing in flight was marked finished: a re-run resumes both units
     assert not list((tmp_path / "r").rglob("result.json"))
 
