@@ -194,6 +194,24 @@ def test_images_without_ground_truth_fall_back_on_efficientnet_and_pixels(world)
     assert 0.0 <= scores_of(target, [teapot])[0][grass_zebra["unit"]] <= 0.1
 
 
+@needs_stamps
+def test_renders_are_scored_without_loading_efficientnet():
+    """Probing the layers and scoring renders need no network: the scenes detector loads its
+    fallback (EfficientNet-Lite0, and with it timm) for the first image without ground truth."""
+    from maia_plugins.tools.scenes_tools import ScenesText2Image
+
+    target = load("reliance:offline")
+    ctx = ToolContext(target=target, device="cpu")
+    target.bind_truth(ctx.truth)
+    assert [info.name for info in target.layers()] == ["output"]
+    images, _ = ScenesText2Image(ctx, size=SIZE).generate(["a zebra on grass"], seed=0)
+    zebra = next(u["unit"] for u in target.unit_listing(True) if u["object"] == "zebra")
+    assert scores_of(target, images)[0][zebra] > 0.1
+    assert target.detector._fallback is None
+    scores_of(target, [Image.new("RGB", (SIZE, SIZE), (200, 200, 200))])
+    assert target.detector._fallback is not None
+
+
 def test_user_sets_and_their_one_line_errors(tmp_path):
     good = tmp_path / "mine.json"
     good.write_text(

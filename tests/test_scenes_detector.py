@@ -159,12 +159,33 @@ def test_the_view_key_round_trips_a_normalized_batch():
     assert torch.equal(pre.to_tensor(views), x)
 
 
+def test_keys_read_off_the_views_are_the_keys_of_their_normalized_batch():
+    from maia_core.torch_runtime.target import Preprocess
+    from maia_plugins.detectors.scene_truth import pixel_keys, view_keys
+    from maia_plugins.detectors.scenes import LITE0_PREPROCESS
+
+    clip = Preprocess(
+        mean=(0.48145466, 0.4578275, 0.40821073), std=(0.26862954, 0.26130258, 0.27577711)
+    )
+    rng = np.random.default_rng(1)
+    arrays = [rng.integers(0, 256, (224, 224, 3), dtype=np.uint8) for _ in range(3)]
+    arrays += [np.zeros((224, 224, 3), np.uint8), np.full((224, 224, 3), 255, np.uint8)]
+    views = [Image.fromarray(a) for a in arrays]
+    for pre in (LITE0_PREPROCESS, Preprocess(), clip):
+        keys = pixel_keys(views)
+        assert keys == view_keys(pre.to_tensor(views), pre)
+        assert len(set(keys)) == len(views)
+
+
 @needs_stamps
-def test_a_render_drawn_again_keeps_its_facts_and_a_batch_its_keys(world):
+def test_a_render_drawn_again_keeps_its_facts_and_a_batch_its_keys(world, monkeypatch):
     """A baseline draws the same prompts for every unit: the second time, the detector finds
     the facts it built (not built again), and a batch's keys are computed once for its note
     and its forward pass."""
+    from maia_plugins.detectors import scene_truth
     from maia_plugins.detectors.scene_truth import view_keys
+
+    real = scene_truth.view_keys
 
     target, t2i, _edit, _ctx, units = world
     det = target.detector
@@ -183,6 +204,13 @@ def test_a_render_drawn_again_keeps_its_facts_and_a_batch_its_keys(world):
     found = facts_of(again)
     assert all(f is not None for f in built)
     assert all(a is b for a, b in zip(built, found))
+
+    # the batches a call is measured in note their keys, read off the views
+    computed = []
+    monkeypatch.setattr(scene_truth, "view_keys", lambda *a: computed.append(1) or real(*a))
+    for _views, x in target.batches(first):
+        assert det.truth.keys(x) == real(x, det.truth.preprocess) and not computed
+    monkeypatch.undo()
 
     x = target.preprocess.to_tensor([target.preprocess.view(im) for im in first])
     keys = det.truth.keys(x)

@@ -128,7 +128,8 @@ class Preprocess:
         """uint8 [B, 3, H, W] on any device -> normalized float32 on the same device."""
         mean = torch.tensor(self.mean, dtype=torch.float32, device=batch.device).view(1, 3, 1, 1)
         std = torch.tensor(self.std, dtype=torch.float32, device=batch.device).view(1, 3, 1, 1)
-        return (batch.float() / 255.0 - mean) / std
+        # In place, the same operations in the same order: one float buffer, not four.
+        return batch.to(torch.float32, copy=True).div_(255.0).sub_(mean).div_(std)
 
     def view_tensor(self, img: torch.Tensor) -> torch.Tensor:
         """``view`` for a decoded uint8 [3, H, W] tensor, on its own device (the GPU decoding

@@ -59,13 +59,24 @@ def view_pixels(x: torch.Tensor, preprocess: Preprocess) -> torch.Tensor:
     normalizing a uint8 view and inverting it round-trips to the same integers)."""
     mean = torch.tensor(preprocess.mean, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
     std = torch.tensor(preprocess.std, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
-    return ((x.float() * std + mean) * 255.0).round().clamp(0, 255).to(torch.uint8)
+    pixels = x.to(torch.float32, copy=True).mul_(std).add_(mean).mul_(255.0)
+    return pixels.round_().clamp_(0, 255).to(torch.uint8)
 
 
 def view_keys(x: torch.Tensor, preprocess: Preprocess) -> list[bytes]:
     """One key per row of a normalized batch: a digest of its uint8 view."""
     pixels = view_pixels(x, preprocess).cpu().contiguous().numpy()
-    return [hashlib.blake2b(row.tobytes(), digest_size=16).digest() for row in pixels]
+    return [_key(row) for row in pixels]
+
+
+def pixel_keys(views: Sequence[Image.Image]) -> list[bytes]:
+    """The :func:`view_keys` of the batch ``views`` normalize to, read off the views
+    themselves (RGB, the preprocessing's size): a fifth of the work."""
+    return [_key(np.asarray(v, dtype=np.uint8).transpose(2, 0, 1)) for v in views]
+
+
+def _key(chw: np.ndarray) -> bytes:
+    return hashlib.blake2b(np.ascontiguousarray(chw).tobytes(), digest_size=16).digest()
 
 
 def _version(x: torch.Tensor) -> int | None:
@@ -120,20 +131,29 @@ class ViewTruth:
             memo = self._recent.get(id(x))
         if memo is not None and memo[0]() is x and memo[1] == version:
             return memo[2]
-        keys = view_keys(x, self.preprocess)
-        with self._lock:
-            self._recent[id(x)] = (weakref.ref(x), version, keys)
-            while len(self._recent) > _RECENT:
-                self._recent.popitem(last=False)
+        return self.remember(x, view_keys(x, self.preprocess))
+
+    def remember(self, x: torch.Tensor, keys: list[bytes]) -> list[bytes]:
+        """Take ``keys`` as the :func:`view_keys` of ``x`` (computed by a caller that holds its
+        views: :func:`pixel_keys`), for as long as :meth:`keys` would remember them."""
+        version = _version(x)
+        if version is not None:
+            with self._lock:
+                self._recent[id(x)] = (weakref.ref(x), version, keys)
+                while len(self._recent) > _RECENT:
+                    self._recent.popitem(last=False)
         return keys
 
-    def note(self, x: torch.Tensor, annotations: Sequence[Any]) -> list[bool]:
+    def note(
+        self, x: torch.Tensor, annotations: Sequence[Any], keys: list[bytes] | None = None
+    ) -> list[bool]:
         """Remember the annotations of rows of ``x`` (None, or anything but a whole scene's,
-        is skipped). Returns which rows have one."""
+        is skipped); ``keys``: the rows' view keys, when the caller has them. Returns which
+        rows have one."""
         found = [is_scene(a) for a in annotations]
         if not any(found):
             return found
-        keys = self.keys(x)
+        keys = self.keys(x) if keys is None else self.remember(x, keys)
         with self._lock:
             for key, annotation, ok in zip(keys, annotations, found):
                 if not ok:

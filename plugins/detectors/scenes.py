@@ -44,6 +44,7 @@ from maia_plugins.detectors.scene_truth import (
     ConceptMatcher,
     SceneFacts,
     ViewTruth,
+    pixel_keys,
     to_grid,
 )
 
@@ -99,15 +100,28 @@ class ScenesDetector(Detector):
         """The host's :class:`~maia_core.tools.TruthRegistry` of generated images."""
         self.registry = registry
 
-    def note(self, x: torch.Tensor, annotations: Sequence[Any]) -> list[bool]:
-        """Remember the annotations of the rows of ``x``; which rows have one."""
-        return self.truth.note(x, annotations)
+    def note(
+        self, x: torch.Tensor, annotations: Sequence[Any], keys: list[bytes] | None = None
+    ) -> list[bool]:
+        """Remember the annotations of the rows of ``x`` (whose view keys may be given);
+        which rows have one."""
+        return self.truth.note(x, annotations, keys)
 
-    def note_images(self, images: Sequence[Image.Image], x: torch.Tensor) -> list[bool]:
-        """Look ``images`` (the rows of ``x``) up in the bound registry and remember them."""
+    def note_images(
+        self,
+        images: Sequence[Image.Image],
+        x: torch.Tensor,
+        views: Sequence[Image.Image] | None = None,
+    ) -> list[bool]:
+        """Look ``images`` (the rows of ``x``, made from ``views`` when given) up in the bound
+        registry and remember them."""
         if self.registry is None:
             return [False] * len(images)
-        return self.note(x, [self.registry.get(_rgb(img)) for img in images])
+        annotations = [self.registry.get(_rgb(img)) for img in images]
+        keys = None
+        if views is not None and any(a is not None for a in annotations):
+            keys = pixel_keys(views)
+        return self.note(x, annotations, keys)
 
     def facts(self, x: torch.Tensor, keys: list[bytes] | None = None) -> list[SceneFacts | None]:
         """Each row's :class:`SceneFacts`, or None where it has no annotation (``keys``: the
@@ -209,7 +223,7 @@ def noted_batches(
         views = [target.preprocess.view(img) for img in chunk]
         x = target.preprocess.to_tensor(views)
         if callable(note):
-            known = note(chunk, x)
+            known = note(chunk, x, views)
             scope = current_scope()
             if scope is not None:
                 scope.records.append(

@@ -9,8 +9,10 @@ in the ``system`` the agent gets.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -22,7 +24,6 @@ from maia_core.images import to_pil_list
 from maia_core.torch_runtime.detector import Detector
 from maia_core.torch_runtime.target import OUTPUT, NeuronSystem, TorchTarget
 from maia_core.units import Unit
-from maia_plugins.detectors.scene_truth import view_keys
 from maia_plugins.detectors.scenes import ReadsSceneTruth
 from maia_plugins.targets.reliance_conditions import combined
 from maia_plugins.targets.reliance_pixels import pixel_facts
@@ -45,6 +46,19 @@ class RelianceModel(torch.nn.Module):
                     concepts.setdefault(other, len(concepts))
         self.concepts = list(concepts)
         self.object_index = [concepts[m.object] for m in self.models]
+        self._local = threading.local()
+
+    @contextlib.contextmanager
+    def shapes_only(self) -> Iterator[None]:
+        """Within this block (and this thread) ``forward`` returns zeros of the right shape
+        without detecting anything: probing the layers needs no detector, and the ``scenes``
+        detector's fallback (EfficientNet-Lite0, timm) then loads only for an image without
+        ground truth."""
+        self._local.shapes_only = True
+        try:
+            yield
+        finally:
+            self._local.shapes_only = False
 
     def facts(
         self, x: torch.Tensor, keys: list[bytes] | None = None
@@ -72,8 +86,10 @@ class RelianceModel(torch.nn.Module):
         return facts, scores
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if getattr(self._local, "shapes_only", False):
+            return torch.zeros(x.shape[0], len(self.models), device=x.device)
         truth = getattr(self.detector, "truth", None)
-        keys = view_keys(x, self.detector.preprocess) if truth is not None and len(truth) else None
+        keys = truth.keys(x) if truth is not None and len(truth) else None
         facts, scores = self.facts(x, keys)
         if keys is None:  # no ground truth to look up: a cheaper digest seeds the noise
             keys = _digests(x)
@@ -132,6 +148,10 @@ class RelianceTarget(ReadsSceneTruth, TorchTarget):
         self.detector = detector.to(self.device)
         self.public_name = public_name
         self._set = reliance_set
+
+    def _probe(self):
+        with self.model.shapes_only():
+            return super()._probe()
 
     @torch.inference_mode()
     def forward_layers(
