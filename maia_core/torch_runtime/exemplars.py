@@ -71,10 +71,6 @@ def layer_file(layer: str) -> str:
     return f"{slug(layer)}.safetensors"
 
 
-def default_store_dir(root: str | Path, target: str, dataset: str) -> Path:
-    return Path(root) / slug(target) / slug(dataset)
-
-
 # -- computing --------------------------------------------------------------------------------
 
 

@@ -250,13 +250,14 @@ def register_commands(cli):
     ) -> None:
         """Render a unit's exemplars, with their activations, as one image."""
         from maia_core.files import ensure_output_file, slug
-        from maia_core.torch_runtime.exemplars import find_store, grid
         from maia_core.units import unit_range
 
         check_count(k, "--k", 1, MAX_K)
         path = ensure_output_file(
             out or Path(f"exemplars-{slug(layer)}-{unit}{'-bottom' if bottom else ''}.png"), "--out"
         )
+        from maia_core.torch_runtime.exemplars import find_store, grid  # torch, after the checks
+
         if exemplars.is_file():
             raise UserError(
                 f"--exemplars {str(exemplars)!r} is a file; give the folder of exemplar stores."
@@ -357,11 +358,6 @@ def compute_store(
     from maia_core.execution.host import load_target
     from maia_core.execution.specs import WorldSpec
     from maia_core.options import parse_basis_specs, parse_pairs
-    from maia_core.torch_runtime.exemplars import (
-        ComputeConfig,
-        ExemplarComputation,
-        default_store_dir,
-    )
 
     check_compute_options(
         k=k,
@@ -409,6 +405,9 @@ def compute_store(
     if restart and (store_dir / ".checkpoint").exists():
         shutil.rmtree(store_dir / ".checkpoint")
     tgt.batch_size = batch_size
+    # torch, only now: bad input above is told without it (two seconds of importing)
+    from maia_core.torch_runtime.exemplars import ComputeConfig, ExemplarComputation
+
     config = ComputeConfig(
         layers=names,
         k=k,
@@ -454,6 +453,13 @@ def compute_store(
     if announce and not quiet:
         print(store_summary(summary))
     return summary
+
+
+def default_store_dir(root: str | Path, target: str, dataset: str) -> Path:
+    """Where ``maia exemplars compute`` puts a store by default: ``ROOT/<target>/<dataset>``."""
+    from maia_core.files import slug
+
+    return Path(root) / slug(target) / slug(dataset)
 
 
 def store_summary(summary: dict[str, Any]) -> str:
