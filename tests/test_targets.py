@@ -112,6 +112,41 @@ def test_preprocess_view_resizes_and_center_crops():
     )
 
 
+@pytest.mark.parametrize("interpolation", ["bicubic", "bilinear", "lanczos", "nearest"])
+def test_the_view_is_resizing_then_cropping_to_the_bit(interpolation):
+    """``view`` resizes only the pixels the crop keeps where that gives the same pixels: it
+    must equal resizing the whole image and cropping, whatever the sizes."""
+    import math
+
+    from PIL import Image
+
+    from maia_core.torch_runtime.target import _crop_box
+
+    rng = np.random.default_rng(7)
+    resample = getattr(Image, interpolation.upper())
+    sizes = [(224, 224), (300, 300), (512, 512), (448, 448), (640, 480), (480, 640)]
+    sizes += [(500, 375), (224, 300), (64, 64), (299, 299), (320, 320), (1024, 768)]
+    preprocessings = [
+        Preprocess(interpolation=interpolation),
+        Preprocess(size=384, crop_pct=1.0, interpolation=interpolation),
+        Preprocess(size=224, crop_pct=0.9, interpolation=interpolation),
+        Preprocess(size=(224, 320), crop_pct=1.0, interpolation=interpolation),
+    ]
+    for w, h in sizes:
+        image = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        for pre in preprocessings:
+            ph, pw = pre.size
+            scale = math.floor(max(ph, pw) / pre.crop_pct + 1e-6) / min(w, h)
+            nw, nh = max(pw, round(w * scale)), max(ph, round(h * scale))
+            left, top = (nw - pw) // 2, (nh - ph) // 2
+            whole = image.resize((nw, nh), resample).crop((left, top, left + pw, top + ph))
+            assert pre.view(image).tobytes() == whole.tobytes(), (w, h, pre)
+    # a 224 px render for a 224 px model (resized to 256, cropped) takes the short way; a
+    # nearest-neighbour resize never does (PIL places its pixels otherwise)
+    box = _crop_box((224, 224), (256, 256), (16, 16), (224, 224), resample)
+    assert (box is None) == (interpolation == "nearest")
+
+
 def test_forward_stops_after_the_requested_layer():
     calls = []
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Conv2d(4, 2, 3))

@@ -17,9 +17,14 @@ What a layer's output becomes (its *layout*, found by probing the model once):
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
-from collections.abc import Iterator, Sequence
+import os
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any
 
 import numpy as np
@@ -43,6 +48,82 @@ _PIL_INTERPOLATION = {
 }
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 OUTPUT = "output"
+
+
+_POOL: tuple[int, int, ThreadPoolExecutor] | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def parallel_map(fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
+    """``[fn(item) for item in items]``, on as many threads as torch computes with on the CPU
+    (``torch.get_num_threads()``, at most 8): for PIL's work on a batch's images (resizing,
+    masking), which releases the GIL. One thread, or a single item: in this thread."""
+    global _POOL
+    workers = min(torch.get_num_threads(), 8)
+    if len(items) < 2 or workers < 2:
+        return [fn(item) for item in items]
+    with _POOL_LOCK:
+        # A pool per process and size: a forked child does not inherit the parent's threads.
+        if _POOL is None or _POOL[:2] != (os.getpid(), workers):
+            _POOL = (os.getpid(), workers, ThreadPoolExecutor(workers, "maia-pil"))
+        pool = _POOL[2]
+    return list(pool.map(fn, items))
+
+
+@functools.lru_cache(maxsize=1024)
+def _crop_box(
+    size: tuple[int, int],
+    resized: tuple[int, int],
+    offset: tuple[int, int],
+    kept: tuple[int, int],
+    resample: int,
+) -> tuple[float, float, float, float] | None:
+    """The box for ``Image.resize(kept, resample, box)`` that gives the pixels of resizing an
+    image of ``size`` to ``resized`` and cropping ``kept`` pixels at ``offset``, bit for bit;
+    None where that is not sure.
+
+    Each axis's weights are the same when :func:`_exact_box` finds the arithmetic exact.
+    PIL may also run its two passes in another order for another size (its choice, by their
+    cost), which changes pixels: a noise image of ``size`` resized both ways, once per size,
+    tells. Another order changes thousands of its pixels.
+    """
+    if resample == Image.NEAREST:  # not the convolution path
+        return None
+    xs = _exact_box(size[0], resized[0], offset[0], kept[0])
+    ys = _exact_box(size[1], resized[1], offset[1], kept[1])
+    if xs is None or ys is None:
+        return None
+    box = (xs[0], ys[0], xs[1], ys[1])
+    noise = Image.frombytes("RGB", size, np.random.default_rng(0).bytes(size[0] * size[1] * 3))
+    cropped = noise.resize(resized, resample).crop((*offset, offset[0] + kept[0], offset[1] + kept[1]))
+    return box if noise.resize(kept, resample, box=box).tobytes() == cropped.tobytes() else None
+
+
+@functools.lru_cache(maxsize=1024)
+def _exact_box(size: int, resized: int, offset: int, kept: int) -> tuple[float, float] | None:
+    """The source interval whose resampling to ``kept`` pixels gives pixels ``offset`` to
+    ``offset + kept`` of resampling all ``size`` pixels to ``resized``, bit for bit; None when
+    no interval is sure to.
+
+    PIL's convolution filters place output pixel ``j`` of a box ``(b0, b1)`` (single
+    precision) at ``b0 + (j + 0.5) * scale`` with ``scale = (b1 - b0) / kept``, and weigh the
+    source pixels by their distance to it. The crop's box gives every pixel the same place
+    and scale, hence the same weights, when all of it is exact: the scale, the box in single
+    precision and each place in double, whatever the order or fusing of the arithmetic.
+    """
+    scale = Fraction(size, resized)
+    b0, b1 = offset * scale, (offset + kept) * scale
+
+    def exact(q: Fraction, single: bool = False) -> bool:
+        f = float(q)
+        return Fraction(float(np.float32(f)) if single else f) == q
+
+    if not all(exact(q, single=True) for q in (scale, b0, b1, b1 - b0)):
+        return None
+    half = Fraction(1, 2)
+    if not all(exact(b0 + (j + half) * scale) for j in range(kept)):
+        return None
+    return float(b0), float(b1)
 
 
 @dataclass(frozen=True)
@@ -114,10 +195,19 @@ class Preprocess:
         iw, ih = img.size
         s = scale_to / min(iw, ih)
         nw, nh = max(w, round(iw * s)), max(h, round(ih * s))
-        if (nw, nh) != (iw, ih):
-            img = img.resize((nw, nh), _PIL_INTERPOLATION[self.interpolation])
         left, top = (nw - w) // 2, (nh - h) // 2
+        if (nw, nh) == (iw, ih):
+            return img.crop((left, top, left + w, top + h))
+        resample = _PIL_INTERPOLATION[self.interpolation]
+        box = _crop_box(img.size, (nw, nh), (left, top), (w, h), resample)
+        if box is not None:  # only the pixels the crop keeps: the same pixels, less work
+            return img.resize((w, h), resample, box=box)
+        img = img.resize((nw, nh), resample)
         return img.crop((left, top, left + w, top + h))
+
+    def views(self, images: Sequence[Image.Image]) -> list[Image.Image]:
+        """:meth:`view` of each image, on torch's CPU threads (PIL resizes without the GIL)."""
+        return parallel_map(self.view, images)
 
     def to_tensor(self, views: Sequence[Image.Image]) -> torch.Tensor:
         """Normalized float32 [B, 3, H, W] from views."""
@@ -568,7 +658,7 @@ class TorchTarget(Target):
     ) -> Iterator[tuple[list[Image.Image], torch.Tensor]]:
         """Views and normalized tensors, ``batch_size`` images at a time."""
         for start in range(0, len(images), self.batch_size):
-            views = [self.preprocess.view(img) for img in images[start : start + self.batch_size]]
+            views = self.preprocess.views(images[start : start + self.batch_size])
             yield views, self.preprocess.to_tensor(views)
 
     def unit_maps(
@@ -628,7 +718,7 @@ def unit_masks(
 
 def apply_masks(views: Sequence[Image.Image], masks: np.ndarray) -> list[Image.Image]:
     """Keep each view where its mask is true and dim the rest to 25%."""
-    return [dim_outside(view, mask) for view, mask in zip(views, masks)]
+    return parallel_map(lambda pair: dim_outside(*pair), list(zip(views, masks)))
 
 
 def mask_image(

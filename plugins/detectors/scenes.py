@@ -220,7 +220,7 @@ def noted_batches(
     note = getattr(detector, "note_images", None)
     for start in range(0, len(images), target.batch_size):
         chunk = list(images[start : start + target.batch_size])
-        views = [target.preprocess.view(img) for img in chunk]
+        views = target.preprocess.views(chunk)
         x = target.preprocess.to_tensor(views)
         if callable(note):
             known = note(chunk, x, views)

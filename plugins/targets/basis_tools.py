@@ -106,7 +106,7 @@ def collect(target, layer: str, files: list[Path], positions: int, generator):
                 continue  # unreadable images are skipped
         if not imgs:
             continue
-        x = target.preprocess.to_tensor([target.preprocess.view(i) for i in imgs])
+        x = target.preprocess.to_tensor(target.preprocess.views(imgs))
         maps = target.forward_layers(x, [layer])[layer].cpu()
         if maps.ndim == 2:
             vectors.append(maps)
