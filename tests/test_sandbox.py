@@ -307,3 +307,39 @@ def test_the_limits_watch_outlives_a_pass_that_fails(monkeypatch):
     finally:
         watch._stop.set()
     assert len(passes) >= 2
+
+
+def test_kernels_start_ahead_only_for_investigations_still_to_open(
+    thirdparty, monkeypatch, tmp_path
+):
+    """Warm kernels wait for investigations that will open: a run of one unit at
+    concurrency 4 starts one kernel, and a run told that nothing is left starts none."""
+    import time
+
+    from maia_core import plugins
+
+    monkeypatch.setenv("PYTHONPATH", str(thirdparty))
+    plugins.reset_plugins()
+    ex = ProcessExecution(SPEC, concurrency=4, sessions=1, log_dir=tmp_path)
+    try:
+        ex.start()
+        deadline = time.monotonic() + 120  # the kernel started with the host is ready first
+        while not ex.pool._ready and time.monotonic() < deadline:
+            time.sleep(0.05)
+        ex.expect(1)  # as the scheduler does before it opens the last investigation
+        session = ex.session(lambda m: "ok")
+        session.begin(UNIT)
+        assert text_of(session.run_cell("print(6 * 7)")).strip() == "42"
+        ex.expect(0)
+        session.close()
+        # none ready or starting: fill() starts them at once, so none is on its way either
+        assert ex.pool.started == 1 and not ex.pool._ready and ex.pool._starting == 0
+        # a session beyond what was expected (a replacement) gets a kernel started for it
+        again = ex.session(lambda m: "ok")
+        again.begin(UNIT)
+        assert text_of(again.run_cell("print(1)")).strip() == "1"
+        again.close()
+        assert ex.pool.started == 2
+    finally:
+        ex.close()
+        plugins.reset_plugins()

@@ -146,6 +146,14 @@ class Execution(Protocol):
     def close(self, now: bool = False) -> None: ...
 
 
+def expect_sessions(execution: Any, sessions: int) -> None:
+    """Tell ``execution`` how many more sessions its run may open (an execution that keeps
+    kernels warm then starts no more than will be used)."""
+    expect = getattr(execution, "expect", None)
+    if callable(expect):
+        expect(sessions)
+
+
 class SessionLost(RuntimeError):
     """The machine serving an investigation went away (a Ray actor, a node): the investigation
     starts again elsewhere; nothing of it is written as a result."""
@@ -497,6 +505,7 @@ class KernelPool:
         self.containment = containment
         self.log_path = log_path
         self.size = max(0, size)
+        self.wanted: int | None = None  # kernels the run may still take (None: unknown)
         self._ready: list[KernelProcess] = []
         self._starting = 0
         self._lock = threading.Lock()
@@ -527,12 +536,24 @@ class KernelPool:
                 return
         stale.reap()
 
+    def expect(self, wanted: int) -> None:
+        """The run may take ``wanted`` more kernels (replacements apart): no more are started
+        ahead of need, and ready ones beyond that are stopped."""
+        with self._lock:
+            self.wanted = max(0, wanted)
+            extra = self._ready[self.wanted :]
+            del self._ready[self.wanted :]
+        for kernel in extra:
+            kernel.reap()
+
     def fill(self) -> None:
-        """Start kernels in the background until ``size`` are ready or starting."""
+        """Start kernels in the background until ``size`` (or as many as the run may still
+        take) are ready or starting."""
         with self._lock:
             if self._closed:
                 return
-            missing = self.size - len(self._ready) - self._starting
+            size = self.size if self.wanted is None else min(self.size, self.wanted)
+            missing = size - len(self._ready) - self._starting
             self._starting += max(0, missing)
         for _ in range(max(0, missing)):
             threading.Thread(target=self._fill_one, daemon=True, name="maia-kernel-pool").start()
@@ -540,6 +561,9 @@ class KernelPool:
     def take(self) -> KernelProcess:
         """A ready kernel: a warm one if there is one (and it is still alive), else one
         started now."""
+        with self._lock:
+            if self.wanted:
+                self.wanted -= 1
         while True:
             with self._lock:
                 kernel = self._ready.pop(0) if self._ready else None
@@ -822,6 +846,7 @@ class ProcessExecution:
         log_dir: Path | None = None,
         containment: str = "bwrap",
         concurrency: int = 1,
+        sessions: int | None = None,
     ):
         if containment not in policy.MODES:
             raise UserError(
@@ -839,7 +864,9 @@ class ProcessExecution:
             self.log_dir / "kernels.log" if self.log_dir else None,
             size=min(max(1, concurrency), MAX_WARM_KERNELS),
         )
-        self._initial = max(1, concurrency)
+        # Started while the model host loads: one per investigation that can start at once
+        # (``sessions``: at most that many in the run, when the selection tells).
+        self._initial = max(1, min(concurrency, sessions or concurrency))
         self._sessions: list[KernelSession] = []
 
     @property
@@ -899,6 +926,10 @@ class ProcessExecution:
         self, subject: Subject, prompts: list[str], seed: int
     ) -> tuple[list[float], list[Any]]:
         return self._host_call(lambda: self.host.render_and_measure(subject, prompts, seed))
+
+    def expect(self, sessions: int) -> None:
+        """The run may open ``sessions`` more sessions: no more kernels start ahead of need."""
+        self.pool.expect(sessions)
 
     def close(self, now: bool = False) -> None:
         """Stop every kernel and the host (``now``: at once, after Ctrl-C or SIGTERM)."""

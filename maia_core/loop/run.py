@@ -123,6 +123,15 @@ def selection(config: RunConfig) -> unitspec.Selection:
     )
 
 
+def most_subjects(config: RunConfig, wanted: unitspec.Selection) -> int | None:
+    """At most how many investigations the run opens, read off the selection alone (None when
+    it names a whole layer, whose units only the model knows, or pairs, which may be more)."""
+    if config.pairs or any(indices is None for indices in wanted.values()):
+        return None
+    units = sum(len(i) if isinstance(i, range) else 1 for v in wanted.values() for i in v or ())
+    return units if config.random is None else min(units, config.random)
+
+
 def check_config(config: RunConfig) -> None:
     """Bad input, each a one-line error, before anything is loaded."""
     ensure_output_folder(config.results, "--results")
@@ -370,6 +379,7 @@ def run(config: RunConfig, reporter: Reporter | None = None) -> list[Investigati
             log_dir=results / "logs",
             containment=config.containment,
             concurrency=concurrency,
+            sessions=most_subjects(config, wanted),
         )
     interrupted = False
     try:

@@ -32,7 +32,7 @@ from typing import Any
 
 from maia_core.backbone import Backbone
 from maia_core.errors import BackboneError, UserError
-from maia_core.execution.sandbox import SessionLost
+from maia_core.execution.sandbox import SessionLost, expect_sessions
 from maia_core.files import disk_full_message, no_space
 from maia_core.loop.describer import Describer
 from maia_core.loop.investigation import Loop
@@ -149,6 +149,8 @@ class Scheduler:
                     if self._again:  # units whose machine went away go first
                         queue[:0] = self._again
                         self._again.clear()
+                    # kernels kept warm for the investigations still to start, and no more
+                    expect_sessions(self.execution, len(queue))
                     while queue and len(self._in_flight) < self.concurrency and not self._fatal:
                         inv = self._investigation(queue[0])
                         if (
@@ -194,6 +196,7 @@ class Scheduler:
                             )
                             investigations[at] = inv
                         self._start(inv, lock)
+                    expect_sessions(self.execution, len(queue))
                     if not self._in_flight or self._stop is not None:
                         break  # the budget (or a fatal error) keeps the rest from starting
                     self._cond.wait(timeout=0.5)

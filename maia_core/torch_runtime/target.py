@@ -95,7 +95,9 @@ def _crop_box(
         return None
     box = (xs[0], ys[0], xs[1], ys[1])
     noise = Image.frombytes("RGB", size, np.random.default_rng(0).bytes(size[0] * size[1] * 3))
-    cropped = noise.resize(resized, resample).crop((*offset, offset[0] + kept[0], offset[1] + kept[1]))
+    cropped = noise.resize(resized, resample).crop(
+        (*offset, offset[0] + kept[0], offset[1] + kept[1])
+    )
     return box if noise.resize(kept, resample, box=box).tobytes() == cropped.tobytes() else None
 
 
