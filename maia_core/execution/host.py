@@ -18,6 +18,7 @@ process (see :func:`serve`).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import inspect
 import os
@@ -430,15 +431,19 @@ class HostSession:
             raise ProtocolError(f"unknown object {obj!r}")
         args = [self._resolve(a) for a in args]
         kwargs = {k: self._resolve(v) for k, v in kwargs.items()}
-        self.scope.cancel = threading.Event()
+        # The call sees its own cancel event: a call abandoned by a kernel that timed out may
+        # still run when the next cell's call begins, and must not lose its cancellation.
+        event = threading.Event()
+        self.scope.cancel = event
         try:
-            with call_scope(self.scope):
+            with call_scope(dataclasses.replace(self.scope, cancel=event)):
                 return fn(*args, **kwargs)
         except CallCancelled:
             self.host.cancelled_calls += 1
             raise
         finally:
-            self.scope.cancel = None
+            if self.scope.cancel is event:
+                self.scope.cancel = None
 
     def cancel(self) -> None:
         """Drop the work of the call in flight, if any: its caller was interrupted."""
