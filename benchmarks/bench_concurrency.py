@@ -54,7 +54,8 @@ TURNS = [EXPERIMENT.format(i=i) for i in range(3)] + [
 
 
 class Sampler:
-    """Peak resident memory of this process's model host and kernels, sampled every 0.1 s."""
+    """Peak resident memory of this process's model host and kernels, sampled every 0.5 s (a
+    sampler that reads every process twice a second would take CPU from what it measures)."""
 
     def __init__(self) -> None:
         self.host = 0
@@ -72,7 +73,7 @@ class Sampler:
 
     def _run(self) -> None:
         me = psutil.Process(os.getpid())
-        while not self._stop.wait(0.1):
+        while not self._stop.wait(0.5):
             for p in me.children(recursive=True):
                 try:
                     cmd = " ".join(p.cmdline())

@@ -28,6 +28,14 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 MAIA = str(Path(sys.executable).parent / "maia")
 
 
+def pytest_xdist_auto_num_workers(config) -> int:
+    """``-n auto``: two workers a core, as most tests wait on the processes they start; at
+    most one per 4 GB of memory (a test's model host can take 3) and at most 6."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return max(1, min(2 * (cores or 1), memory // (4 * 2**30), 6))
+
+
 def maia(
     *args: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 300
 ) -> subprocess.CompletedProcess:
