@@ -72,7 +72,7 @@ def main() -> None:
             target.model(target._input(x))
 
     def pre_forward() -> None:
-        xx = target.preprocess.to_tensor([target.preprocess.view(i) for i in images])
+        xx = target.preprocess.to_tensor(target.preprocess.views(images))
         with torch.inference_mode(), target._autocast():
             target.model(target._input(xx))
 

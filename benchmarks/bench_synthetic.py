@@ -98,7 +98,7 @@ def offline(args: argparse.Namespace) -> None:
             model(tensors[id(batch)])
 
     def pre_forward(batch) -> None:
-        x = target.preprocess.to_tensor([target.preprocess.view(i) for i in batch]).to(dev)
+        x = target.preprocess.to_tensor(target.preprocess.views(batch)).to(dev)
         with torch.inference_mode():
             model(x)
 
