@@ -79,3 +79,71 @@ def test_a_repeated_image_within_one_call_and_a_failed_computation():
     with pytest.raises(ZeroDivisionError):
         failing(batch(2, 4), ["conv"])
     assert not failing._inflight  # nothing left for later calls to wait on
+
+
+GATED = '''
+import threading
+import torch
+
+armed, started, release = threading.Event(), threading.Event(), threading.Event()
+
+
+class Gated(torch.nn.Module):
+    """A 1x1 convolution whose forward pass, once armed, waits for the test before it ends."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 2, 1)
+
+    def forward(self, x):
+        if armed.is_set():
+            started.set()
+            assert release.wait(60)
+        return self.conv(x)
+
+
+def make():
+    return {"model": Gated(), "preprocess": {"size": 16, "crop_pct": 1.0}}
+'''
+
+
+def test_a_call_cancelled_in_its_last_stage_is_dropped_and_the_next_answers(tmp_path, monkeypatch):
+    """The cancel lands while the call's only batch runs, after its last check: the call is
+    still dropped (counted, no reply encoded), and the next call on the session answers."""
+    import importlib
+
+    from PIL import Image
+
+    from maia_core.execution.host import CallCancelled, ModelHost
+    from maia_core.execution.specs import WorldSpec
+    from maia_core.units import Unit
+
+    (tmp_path / "gated_net.py").write_text(GATED)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    gated = importlib.import_module("gated_net")
+    host = ModelHost(WorldSpec(target="python:gated_net:make", device="cpu", tools=[]))
+    try:
+        [layer] = [i.name for i in host.target.layers() if i.spatial is not None][:1]
+        session = host.open(Unit(layer, 0), None)
+        image = Image.new("RGB", (16, 16), "red")
+        outcome: list = []
+
+        def call() -> None:
+            try:
+                outcome.append(session.call("system", "call_neuron", [[image]], {}))
+            except CallCancelled as exc:
+                outcome.append(exc)
+
+        gated.armed.set()
+        thread = threading.Thread(target=call)
+        thread.start()
+        assert gated.started.wait(60)
+        session.cancel()  # its caller went away while the last batch ran
+        gated.release.set()
+        thread.join(60)
+        gated.armed.clear()
+        assert isinstance(outcome[0], CallCancelled) and host.cancelled_calls == 1
+        acts, masked = session.call("system", "call_neuron", [[image]], {})
+        assert len(acts) == 1 and masked[0].size == (16, 16) and host.cancelled_calls == 1
+    finally:
+        host.close()

@@ -435,9 +435,15 @@ class HostSession:
         # still run when the next cell's call begins, and must not lose its cancellation.
         event = threading.Event()
         self.scope.cancel = event
+        scope = dataclasses.replace(self.scope, cancel=event)
         try:
-            with call_scope(dataclasses.replace(self.scope, cancel=event)):
-                return fn(*args, **kwargs)
+            with call_scope(scope):
+                value = fn(*args, **kwargs)
+            if scope.cancelled():
+                # Its caller went away during the last stage (no check was left to stop it):
+                # the reply, which can be hundreds of masked images, is not encoded for no one.
+                raise CallCancelled()
+            return value
         except CallCancelled:
             self.host.cancelled_calls += 1
             raise
