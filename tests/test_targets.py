@@ -147,6 +147,38 @@ def test_the_view_is_resizing_then_cropping_to_the_bit(interpolation):
     assert (box is None) == (interpolation == "nearest")
 
 
+@pytest.mark.parametrize(
+    "mean,std",
+    [
+        ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),  # ImageNet
+        ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),  # EfficientNet-Lite, the detectors
+        ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),  # CLIP
+        ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),
+        ((0.1, 0.7, 0.33), (0.017, 3.0, 0.29)),
+    ],
+)
+def test_normalizing_a_channels_last_batch_gives_the_broadcast_arithmetics_bits(mean, std):
+    """A channels-last batch is normalized along repeated rows of the mean and std: every
+    value of every channel, at every place in a batch (vectorized body and tail), gets the
+    float32 that ``(x / 255 - mean) / std`` with [1, 3, 1, 1] broadcasting gives, bit for bit."""
+    from PIL import Image
+
+    pre = Preprocess(size=(17, 23), mean=mean, std=std)
+    rng = np.random.default_rng(3)
+    pixels = rng.integers(0, 256, (5, 17, 23, 3), dtype=np.uint8)
+    pixels[0].reshape(-1, 3)[:256] = np.arange(256, dtype=np.uint8)[:, None]  # every value
+    uint8 = torch.from_numpy(pixels).permute(0, 3, 1, 2)  # channels-last, as views stack
+    m = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+    exact = ((uint8.contiguous().float() / 255.0) - m) / s  # planar: the broadcast path
+    views = [Image.fromarray(p) for p in pixels]
+    for x in (pre.to_tensor(views), pre.normalize(uint8), pre.normalize(uint8.contiguous())):
+        assert x.dtype == torch.float32 and x.shape == (5, 3, 17, 23)
+        assert torch.equal(x.contiguous().view(torch.int32), exact.view(torch.int32))
+    assert pre.to_tensor(views).is_contiguous(memory_format=torch.channels_last)
+    assert pre.normalize(uint8[:0]).shape == (0, 3, 17, 23)
+
+
 def test_forward_stops_after_the_requested_layer():
     calls = []
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Conv2d(4, 2, 3))
