@@ -440,8 +440,8 @@ class HostSession:
             with call_scope(scope):
                 value = fn(*args, **kwargs)
             if scope.cancelled():
-                # Its caller went away during the last stage (no check was left to stop it):
-                # the reply, which can be hundreds of masked images, is not encoded for no one.
+                # Its caller went away during its last stage, after the last check: the reply
+                # (it can hold hundreds of masked images) is not encoded for no one to read.
                 raise CallCancelled()
             return value
         except CallCancelled:

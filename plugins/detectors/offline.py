@@ -183,10 +183,10 @@ class OfflineDetector(Detector):
         The pixels where the CAM is strong (at least 0.7 of its peak) give a colour histogram
         of the object, those where it is weak (at most 0.1) one of the rest; a pixel belongs
         to the object where its colour is more likely under the first and the CAM is above
-        ``cam_floor``. ``rgb``: the image's colours on the CAMs' grid. On scenes renderings of 10 stamps x 5 backgrounds x 3 sizes, the mean
+        ``cam_floor``. On scenes renderings of 10 stamps x 5 backgrounds x 3 sizes, the mean
         IoU with the stamps' alpha masks goes from 0.42 (the best threshold of the plain CAM)
         to 0.80 (over the 138 of 150 where the stamp is detected; the worst, 0.35, on gravel,
-        whose colours the stamps share).
+        whose colours the stamps share). ``rgb``: the image's colours on the CAMs' grid.
         """
         B, n, S, _ = cam.shape
         bins = _COLOR_BINS
