@@ -309,6 +309,42 @@ def test_the_limits_watch_outlives_a_pass_that_fails(monkeypatch):
     assert len(passes) >= 2
 
 
+def test_the_pool_warms_kernels_for_the_next_wave_while_one_runs(tmp_path):
+    """Two investigations at a time, four in all: while the first two hold their kernels, two
+    more start for the next two (the scheduler tells the pool what is still to open and what
+    is opening, as it starts each); the last two leave none idle."""
+    import time
+
+    from maia_core.execution import containment
+    from maia_core.execution.sandbox import KernelPool
+
+    containment.check("bwrap")
+    pool = KernelPool("bwrap", tmp_path / "kernels.log", size=2)
+    try:
+        pool.expect(4)  # the run's start: four to open
+        pool.fill()
+        for left in (3, 2):  # the first wave: each told as it starts, then taken
+            pool.expect(left, opening=1)
+        first = [pool.take(), pool.take()]
+        deadline = time.monotonic() + 120
+        while len(pool._ready) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(pool._ready) == 2 and pool.started == 4
+        for kernel in first:  # the first wave ends: the scheduler counts nothing new
+            kernel.reap()
+        pool.expect(2)
+        assert len(pool._ready) == 2
+        for left in (1, 0):
+            pool.expect(left, opening=1)
+        last = [pool.take(), pool.take()]
+        assert not pool._ready and pool._starting == 0 and pool.started == 4
+        assert all(k.error is None for k in first + last)
+        for kernel in last:
+            kernel.reap()
+    finally:
+        pool.close()
+
+
 def test_kernels_start_ahead_only_for_investigations_still_to_open(
     thirdparty, monkeypatch, tmp_path
 ):
@@ -326,7 +362,7 @@ def test_kernels_start_ahead_only_for_investigations_still_to_open(
         deadline = time.monotonic() + 120  # the kernel started with the host is ready first
         while not ex.pool._ready and time.monotonic() < deadline:
             time.sleep(0.05)
-        ex.expect(1)  # as the scheduler does before it opens the last investigation
+        ex.expect(0, opening=1)  # as the scheduler does as it opens the last investigation
         session = ex.session(lambda m: "ok")
         session.begin(UNIT)
         assert text_of(session.run_cell("print(6 * 7)")).strip() == "42"

@@ -44,8 +44,11 @@ INTERRUPT_GRACE = 3.0
 # How long a host may take to load its models, and a kernel to start.
 HOST_START_TIMEOUT = 1800.0
 KERNEL_START_TIMEOUT = 60.0
-# Kernels kept started ahead of need (at most; fewer for a run of fewer investigations).
-MAX_WARM_KERNELS = 4
+# Kernels kept started ahead of need: one per investigation that runs at once, up to this
+# (fewer for a run of fewer investigations). Units started together end together, so a pool
+# smaller than the concurrency leaves some of the next wave waiting for a kernel to start,
+# on a machine busy starting the others. A waiting kernel takes about 42 MB.
+MAX_WARM_KERNELS = 16
 # A host that dies this many times in one run is not restarted again.
 MAX_HOST_RESTARTS = 5
 _POLL = 0.1
@@ -146,12 +149,13 @@ class Execution(Protocol):
     def close(self, now: bool = False) -> None: ...
 
 
-def expect_sessions(execution: Any, sessions: int) -> None:
-    """Tell ``execution`` how many more sessions its run may open (an execution that keeps
-    kernels warm then starts no more than will be used)."""
+def expect_sessions(execution: Any, sessions: int, opening: int = 0) -> None:
+    """Tell ``execution`` how many investigations its run has still to open, and how many are
+    starting now (an execution that keeps kernels warm then starts no more than will be
+    used)."""
     expect = getattr(execution, "expect", None)
     if callable(expect):
-        expect(sessions)
+        expect(sessions, opening)
 
 
 class SessionLost(RuntimeError):
@@ -505,11 +509,15 @@ class KernelPool:
         self.containment = containment
         self.log_path = log_path
         self.size = max(0, size)
-        self.wanted: int | None = None  # kernels the run may still take (None: unknown)
+        # Investigations still to open (None: unknown), and those opening (started, their
+        # kernel not taken yet): the run may still take as many kernels as both.
+        self.wanted: int | None = None
+        self.opening = 0
         self._ready: list[KernelProcess] = []
         self._starting = 0
         self._lock = threading.Lock()
         self._closed = False
+        self._filling = False
         self.started = 0
 
     def _start_one(self) -> KernelProcess:
@@ -536,15 +544,27 @@ class KernelPool:
                 return
         stale.reap()
 
-    def expect(self, wanted: int) -> None:
-        """The run may take ``wanted`` more kernels (replacements apart): no more are started
-        ahead of need, and ready ones beyond that are stopped."""
+    def _target(self) -> int:
+        """How many kernels to keep ready or starting (under the lock)."""
+        if self.wanted is None:
+            return self.size
+        return min(self.size, self.wanted + self.opening)
+
+    def expect(self, wanted: int, opening: int = 0) -> None:
+        """The run has ``wanted`` investigations still to open, and ``opening`` more are
+        starting now (each takes a kernel soon; replacements apart): kernels are kept warm for
+        those, and no more; ready ones beyond that are stopped."""
         with self._lock:
             self.wanted = max(0, wanted)
-            extra = self._ready[self.wanted :]
-            del self._ready[self.wanted :]
+            self.opening += max(0, opening)
+            target = self._target()
+            extra = self._ready[target:]
+            del self._ready[target:]
+            filling = self._filling
         for kernel in extra:
             kernel.reap()
+        if filling:
+            self.fill()
 
     def fill(self) -> None:
         """Start kernels in the background until ``size`` (or as many as the run may still
@@ -552,8 +572,8 @@ class KernelPool:
         with self._lock:
             if self._closed:
                 return
-            size = self.size if self.wanted is None else min(self.size, self.wanted)
-            missing = size - len(self._ready) - self._starting
+            self._filling = True
+            missing = self._target() - len(self._ready) - self._starting
             self._starting += max(0, missing)
         for _ in range(max(0, missing)):
             threading.Thread(target=self._fill_one, daemon=True, name="maia-kernel-pool").start()
@@ -562,8 +582,8 @@ class KernelPool:
         """A ready kernel: a warm one if there is one (and it is still alive), else one
         started now."""
         with self._lock:
-            if self.wanted:
-                self.wanted -= 1
+            if self.opening:
+                self.opening -= 1
         while True:
             with self._lock:
                 kernel = self._ready.pop(0) if self._ready else None
@@ -927,9 +947,10 @@ class ProcessExecution:
     ) -> tuple[list[float], list[Any]]:
         return self._host_call(lambda: self.host.render_and_measure(subject, prompts, seed))
 
-    def expect(self, sessions: int) -> None:
-        """The run may open ``sessions`` more sessions: no more kernels start ahead of need."""
-        self.pool.expect(sessions)
+    def expect(self, sessions: int, opening: int = 0) -> None:
+        """The run has ``sessions`` investigations still to open and ``opening`` starting now:
+        no more kernels start ahead of need."""
+        self.pool.expect(sessions, opening)
 
     def close(self, now: bool = False) -> None:
         """Stop every kernel and the host (``now``: at once, after Ctrl-C or SIGTERM)."""

@@ -195,8 +195,9 @@ class Scheduler:
                                 k for k, i in enumerate(investigations) if i.subject == inv.subject
                             )
                             investigations[at] = inv
-                        # this one and those left: units skipped as completed take none
-                        expect_sessions(self.execution, len(queue) + 1)
+                        # those left, and this one, opening (its thread takes its kernel
+                        # soon): units skipped as completed take none
+                        expect_sessions(self.execution, len(queue), opening=1)
                         self._start(inv, lock)
                     if not self._in_flight or self._stop is not None:
                         break  # the budget (or a fatal error) keeps the rest from starting
