@@ -376,6 +376,12 @@ def test_kernels_start_ahead_only_for_investigations_still_to_open(
         assert text_of(again.run_cell("print(1)")).strip() == "1"
         again.close()
         assert ex.pool.started == 2
+        # an investigation counted as opening that ends before it takes a kernel (its host
+        # session could not open) gives up its place: none is kept warm for it
+        ex.expect(0, opening=1)
+        assert ex.pool._target() == 1
+        ex.session(lambda m: "ok").close()
+        assert ex.pool._target() == 0 and ex.pool.opening == 0
     finally:
         ex.close()
         plugins.reset_plugins()

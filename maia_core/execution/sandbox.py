@@ -578,6 +578,18 @@ class KernelPool:
         for _ in range(max(0, missing)):
             threading.Thread(target=self._fill_one, daemon=True, name="maia-kernel-pool").start()
 
+    def forgo(self) -> None:
+        """An investigation counted as opening ended without taking a kernel: none is kept
+        warm for it any longer."""
+        with self._lock:
+            if self.opening:
+                self.opening -= 1
+            target = self._target()
+            extra = self._ready[target:]
+            del self._ready[target:]
+        for kernel in extra:
+            kernel.reap()
+
     def take(self) -> KernelProcess:
         """A ready kernel: a warm one if there is one (and it is still alive), else one
         started now."""
@@ -634,6 +646,8 @@ class KernelSession:
         self.restarts = 0
         self._host_session: str | None = None
         self._kill_reasons: list[str] = []
+        # Whether this session has taken a kernel from the pool (or given up its place there)
+        self._claimed = False
 
     @property
     def proc(self) -> subprocess.Popen | None:
@@ -656,6 +670,7 @@ class KernelSession:
 
     def _start(self) -> None:
         host_end, setup, sid = self._open()
+        self._claimed = True
         try:
             kernel = self.pool.take()
         except BaseException:
@@ -714,6 +729,9 @@ class KernelSession:
         self._start()
 
     def close(self) -> None:
+        if not self._claimed:  # it never took a kernel (its host session did not open)
+            self._claimed = True
+            self.pool.forgo()
         if self.kernel is None:
             return
         with contextlib.suppress(Exception):
