@@ -69,8 +69,12 @@ def test_dim_outside_is_the_float32_arithmetic_to_the_pixel():
     mask = rng.random((37, 53)) > 0.4
     arr = np.asarray(img, dtype=np.float32)
     for factor in (0.25, 0.1, 0.3, 0.77, 1.0, 0.0):
-        want = (arr * np.where(mask, np.float32(1), np.float32(factor))[..., None]).round()
-        assert np.array_equal(np.asarray(dim_outside(img, mask, factor)), want.astype(np.uint8))
+        # a mask that keeps some, nothing (a silent unit), or everything
+        for m in (mask, np.zeros_like(mask), np.ones_like(mask)):
+            want = (arr * np.where(m, np.float32(1), np.float32(factor))[..., None]).round()
+            out = dim_outside(img, m, factor)
+            assert out.mode == "RGB" and out is not img
+            assert np.array_equal(np.asarray(out), want.astype(np.uint8))
     grey = img.convert("L")
     out = dim_outside(grey, mask.astype(np.float32))  # any mode in, RGB out; a 0/1 float mask
     weight = np.where(mask, np.float32(1), np.float32(0.25))[..., None]
