@@ -557,14 +557,19 @@ class KernelPool:
         with self._lock:
             self.wanted = max(0, wanted)
             self.opening += max(0, opening)
+            filling = self._filling
+        self._trim()
+        if filling:
+            self.fill()
+
+    def _trim(self) -> None:
+        """Stop ready kernels beyond what the run may still take."""
+        with self._lock:
             target = self._target()
             extra = self._ready[target:]
             del self._ready[target:]
-            filling = self._filling
         for kernel in extra:
             kernel.reap()
-        if filling:
-            self.fill()
 
     def fill(self) -> None:
         """Start kernels in the background until ``size`` (or as many as the run may still
@@ -584,11 +589,7 @@ class KernelPool:
         with self._lock:
             if self.opening:
                 self.opening -= 1
-            target = self._target()
-            extra = self._ready[target:]
-            del self._ready[target:]
-        for kernel in extra:
-            kernel.reap()
+        self._trim()
 
     def take(self) -> KernelProcess:
         """A ready kernel: a warm one if there is one (and it is still alive), else one

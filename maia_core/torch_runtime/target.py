@@ -225,15 +225,13 @@ class Preprocess:
         operations on the same values, bit for bit, in a fifth of the time."""
         x = batch.to(torch.float32, copy=True)
         B, C, H, W = x.shape
+        mean = torch.tensor(self.mean, dtype=torch.float32, device=x.device)
+        std = torch.tensor(self.std, dtype=torch.float32, device=x.device)
         if C == 3 and B and x.is_contiguous(memory_format=torch.channels_last):
             rows = x.permute(0, 2, 3, 1).view(B, H * W * C)
-            mean = torch.tensor(self.mean, dtype=torch.float32, device=x.device).repeat(H * W)
-            std = torch.tensor(self.std, dtype=torch.float32, device=x.device).repeat(H * W)
-            rows.div_(255.0).sub_(mean).div_(std)
+            rows.div_(255.0).sub_(mean.repeat(H * W)).div_(std.repeat(H * W))
             return x
-        mean = torch.tensor(self.mean, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
-        return x.div_(255.0).sub_(mean).div_(std)
+        return x.div_(255.0).sub_(mean.view(1, 3, 1, 1)).div_(std.view(1, 3, 1, 1))
 
     def view_tensor(self, img: torch.Tensor) -> torch.Tensor:
         """``view`` for a decoded uint8 [3, H, W] tensor, on its own device (the GPU decoding
