@@ -165,8 +165,10 @@ def test_offline_detector_finds_the_zebra_and_its_outline(offline, world):
     scene = world.render(spec)
     det = offline.detector
     view = det.preprocess.view(scene.image)
-    scores, _ = det.detect(det.preprocess.to_tensor([view]), ["zebra", "apple", "dog"])
+    scores, masks = det.detect(det.preprocess.to_tensor([view]), ["zebra", "apple", "dog"])
     assert scores[0, 0] > 0.8 and scores[0, 1] < 0.05 and scores[0, 2] < 0.05, scores
+    # an absent object has no region; the zebra has one
+    assert masks[0, 0].any() and not masks[0, 1:].any()
     # the mono zebra neuron's region, as call_neuron draws it, against the stamp's alpha
     unit = Unit("mono", offline.unit_listing(True)[0]["unit"])
     assert offline.ground_truth(unit)["concepts"] == ["zebra"]
@@ -175,6 +177,27 @@ def test_offline_detector_finds_the_zebra_and_its_outline(offline, world):
     alpha = Image.fromarray(scene.annotation["objects"][0]["mask"].astype(np.uint8) * 255)
     truth = np.asarray(offline.preprocess.view(alpha))[..., 0] > 127
     assert iou(region, truth) >= 0.5, iou(region, truth)
+
+
+def test_the_offline_detectors_grids_are_means_of_pixel_blocks():
+    import torch.nn.functional as F
+
+    from maia_plugins.detectors.offline import _local_std, block_mean
+
+    torch.manual_seed(0)
+    x = torch.rand(3, 3, 224, 224)
+    for layout in (torch.contiguous_format, torch.channels_last):
+        for f in (2, 4):
+            got = block_mean(x.contiguous(memory_format=layout), f)
+            assert got.is_contiguous() and got.shape == (3, 3, 224 // f, 224 // f)
+            want = F.adaptive_avg_pool2d(x, 224 // f)
+            torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+    # the texture's local standard deviation: over each cell's 3x3 neighbours inside the grid
+    v = torch.rand(2, 56, 56)[:, None]
+    mean = F.avg_pool2d(v, 3, stride=1, padding=1, count_include_pad=False)
+    sq = F.avg_pool2d(v * v, 3, stride=1, padding=1, count_include_pad=False)
+    want = (sq - mean * mean).clamp_min(0.0).sqrt()[:, 0]
+    torch.testing.assert_close(_local_std(v[:, 0]), want, rtol=0, atol=1e-5)
 
 
 def test_offline_colours_score_their_colour_and_no_other(offline):

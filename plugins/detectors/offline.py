@@ -24,7 +24,7 @@ One forward pass per batch scores every concept at once:
   cells of a 112x112 grid at least 0.04, in half of the cell or more): the scenes world's
   green-tinted grass texture, not a flat green wall. Scored and masked like a colour.
 
-A concept scoring under ``threshold`` (default 0.1) is absent.
+A concept scoring under ``threshold`` (default 0.1) is absent; an absent object has no mask.
 """
 
 from __future__ import annotations
@@ -125,20 +125,27 @@ class OfflineDetector(Detector):
         masks = torch.zeros(B, len(concepts), MASK_SIZE, MASK_SIZE, device=x.device)
         objects = [i for i, (kind, _) in enumerate(kinds) if kind in ("class", "group")]
         pixels = [i for i, (kind, _) in enumerate(kinds) if kind in ("color", "texture")]
-        # The mask grid's colours, for the CAM refinement and the colour rules alike.
-        grid = self._grid_rgb(x, MASK_SIZE) if objects or pixels else None
+        # The mask grid's colours, for the CAM refinement and the colour rules alike; grass
+        # also needs a grid twice as fine, which gives the mask grid by pooling it again.
+        # Objects alone need it only for the images where one is present.
+        fine = grid = None
+        if any(kinds[i][0] == "texture" for i in pixels):
+            fine = self._grid_rgb(x, 2 * MASK_SIZE)
+            grid = block_mean(fine, 2)
+        elif pixels:
+            grid = self._grid_rgb(x, MASK_SIZE)
         if objects:
             s, m = self._objects(x, [kinds[i][1] for i in objects], grid)
             scores[:, objects] = s
             masks[:, objects] = m
         if pixels:
-            s, m = self._pixels(x, [concepts[i] for i in pixels], grid)
+            s, m = self._pixels([concepts[i] for i in pixels], grid, fine)
             scores[:, pixels] = s
             masks[:, pixels] = m
         return scores, masks
 
     def _objects(
-        self, x: torch.Tensor, groups: list[list[int]], grid: torch.Tensor
+        self, x: torch.Tensor, groups: list[list[int]], grid: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         features = self.model.forward_features(x)  # [B, 1280, 7, 7]
         logits = self.model.forward_head(features).float()  # [B, 1000]
@@ -174,8 +181,21 @@ class OfflineDetector(Detector):
         cam = torch.einsum("bnd,bdhw->bnhw", directions, features).relu()
         peak = cam.flatten(2).amax(-1)[..., None, None]
         cam = torch.where(peak > 0, cam / peak.clamp_min(1e-12), torch.ones_like(cam))
-        cam = F.interpolate(cam, size=(MASK_SIZE, MASK_SIZE), mode="bilinear", align_corners=False)
-        return scores.clamp(0.0, 1.0), self._refine(grid, cam)
+        scores = scores.clamp(0.0, 1.0)
+        # An absent concept has no region: only the present ones' CAMs are refined (a
+        # synthetic neuron's object is absent from most images).
+        masks = torch.zeros(*scores.shape, MASK_SIZE, MASK_SIZE, device=x.device)
+        rows, which = ((scores > 0) & (scores >= self.threshold)).nonzero(as_tuple=True)
+        if len(rows):
+            up = F.interpolate(
+                cam[rows, which][:, None],
+                size=(MASK_SIZE, MASK_SIZE),
+                mode="bilinear",
+                align_corners=False,
+            )
+            rgb = grid[rows] if grid is not None else self._grid_rgb(x[rows], MASK_SIZE)
+            masks[rows, which] = self._refine(rgb, up)[:, 0]
+        return scores, masks
 
     def _refine(self, rgb: torch.Tensor, cam: torch.Tensor) -> torch.Tensor:
         """Sharpen 7x7 CAMs with the image's colours: one GrabCut-like step.
@@ -215,17 +235,19 @@ class OfflineDetector(Detector):
         """The image's colours in [0, 1] on a ``size`` x ``size`` grid (each cell the mean of
         its pixels), planar: a channels-last grid would make every later step work on three
         values at a time."""
-        return self._rgb(F.adaptive_avg_pool2d(x.float(), (size, size)).contiguous())
+        H, W = x.shape[-2:]
+        if H % size or W % size or H // size != W // size:
+            return self._rgb(F.adaptive_avg_pool2d(x.float(), (size, size)).contiguous())
+        return self._rgb(block_mean(x.float(), H // size))
 
     def _pixels(
-        self, x: torch.Tensor, names: list[str], rgb: torch.Tensor
+        self, names: list[str], rgb: torch.Tensor, fine: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         # Colours are read on the 56x56 mask grid (``rgb``; each cell the mean of its pixels:
         # 4x4 at 224 px): the same shares of flat colours for a sixteenth of the work. Texture
-        # needs finer detail: it is measured at twice that resolution and pooled.
+        # needs finer detail: it is measured at twice that resolution (``fine``) and pooled.
         textured = None
         if "grass" in names:
-            fine = self._grid_rgb(x, 2 * MASK_SIZE)
             rough = (_local_std(fine.amax(1)) >= _TEXTURE_STD).float()
             textured = F.avg_pool2d(rough[:, None], 2)[:, 0] >= 0.5
         cells = color_masks(rgb, names, textured).float()  # [B, n, 56, 56]
@@ -298,11 +320,43 @@ def color_masks(
     return torch.stack([rules[n]() for n in names], 1)
 
 
-def _local_std(v: torch.Tensor, k: int = 3) -> torch.Tensor:
-    x = v[:, None]
-    mean = F.avg_pool2d(x, k, stride=1, padding=k // 2, count_include_pad=False)
-    sq = F.avg_pool2d(x * x, k, stride=1, padding=k // 2, count_include_pad=False)
-    return (sq - mean * mean).clamp_min(0.0).sqrt()[:, 0]
+def block_mean(x: torch.Tensor, f: int) -> torch.Tensor:
+    """The mean of each ``f`` x ``f`` block of ``[B, C, H, W]`` (H and W multiples of ``f``),
+    planar (contiguous). As adaptive average pooling, to rounding, in a third of its time
+    on a channels-last batch: whole pixel rows added, then neighbouring pixels."""
+    B, C, H, W = x.shape
+    last = C > 1 and x.is_contiguous(memory_format=torch.channels_last)
+    v = x.permute(0, 2, 3, 1) if last else x.reshape(B * C, H, W, 1)
+    N, c = v.shape[0], v.shape[-1]
+    rows = v.reshape(N, H // f, f, W * c)
+    s = rows[:, :, 0].clone()
+    for i in range(1, f):
+        s += rows[:, :, i]
+    cols = s.view(N, H // f, W // f, f, c)
+    out = cols[..., 0, :].clone()
+    for i in range(1, f):
+        out += cols[..., i, :]
+    out.mul_(1.0 / (f * f))
+    return out.permute(0, 3, 1, 2).contiguous() if last else out.view(B, C, H // f, W // f)
+
+
+def _box3(a: torch.Tensor) -> torch.Tensor:
+    """Sums over the 3x3 neighbourhood of each cell of ``[B, H, W]``, zero outside."""
+    p = F.pad(a, (1, 1, 1, 1))
+    rows = p[:, :, :-2] + p[:, :, 1:-1]
+    rows += p[:, :, 2:]
+    out = rows[:, :-2] + rows[:, 1:-1]
+    out += rows[:, 2:]
+    return out
+
+
+def _local_std(v: torch.Tensor) -> torch.Tensor:
+    """The standard deviation of ``[B, H, W]`` over each cell's 3x3 neighbourhood (the
+    cells inside the grid only), by separable sums."""
+    count = _box3(torch.ones(1, *v.shape[1:], device=v.device, dtype=v.dtype))
+    mean = _box3(v) / count
+    sq = _box3(v * v) / count
+    return (sq - mean * mean).clamp_min(0.0).sqrt()
 
 
 def saturation_score(fraction: float, scale: float = 0.1) -> float:
