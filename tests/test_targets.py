@@ -147,6 +147,24 @@ def test_the_view_is_resizing_then_cropping_to_the_bit(interpolation):
     assert (box is None) == (interpolation == "nearest")
 
 
+def test_a_map_that_is_zero_everywhere_has_an_empty_mask_without_upsampling():
+    from maia_core.torch_runtime.target import unit_masks
+
+    torch.manual_seed(0)
+    maps = torch.rand(4, 7, 7)
+    maps[1] = 0.0
+    maps[3] = 0.0
+    maps[2, :, :4] = -1.0  # negative values: compared with the threshold as usual
+    for threshold in (0.0, 0.5, -0.5):
+        got = unit_masks(maps, (56, 56), threshold, 0.9)
+        want = upsample(maps, (56, 56)) > threshold
+        assert torch.equal(got, want), threshold
+    assert not unit_masks(maps, (56, 56), 0.0, 0.9)[[1, 3]].any()
+    assert unit_masks(maps, (56, 56), -0.5, 0.9)[[1, 3]].all()  # under a negative threshold
+    silent = torch.zeros(3, 7, 7)
+    assert not unit_masks(silent, (56, 56), 0.0, 0.9).any()
+
+
 @pytest.mark.parametrize(
     "mean,std",
     [

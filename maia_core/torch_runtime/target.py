@@ -192,7 +192,7 @@ class Preprocess:
     def view(self, img: Image.Image) -> Image.Image:
         """Resize the shorter side to size/crop_pct, then center-crop to the input size."""
         h, w = self.size
-        img = img.convert("RGB")
+        img = img if img.mode == "RGB" else img.convert("RGB")  # the crop or resize copies
         scale_to = math.floor(max(h, w) / self.crop_pct + 1e-6)
         iw, ih = img.size
         s = scale_to / min(iw, ih)
@@ -719,7 +719,18 @@ def unit_masks(
 
     The threshold is the unit's dataset threshold, or without one each image's ``quantile``
     of its own upsampled map. Computed where the maps are (the GPU, when there is one).
+
+    A map that is zero everywhere under a threshold of 0 or more (a unit silent on the image,
+    as a synthetic neuron is on most) upsamples to zeros: its mask is empty without the work.
     """
+    if threshold is not None and threshold >= 0 and maps.ndim == 3 and len(maps):
+        live = maps.flatten(1).ne(0).any(1)
+        if not bool(live.all()):
+            out = torch.zeros((maps.shape[0], *size), dtype=torch.bool, device=maps.device)
+            rows = live.nonzero()[:, 0]
+            if len(rows):
+                out[rows] = unit_masks(maps[rows], size, threshold, quantile)
+            return out
     up = upsample(maps, size)
     if threshold is None:
         thr = torch.quantile(up.flatten(1), quantile, dim=1)[:, None, None]
