@@ -345,6 +345,31 @@ def test_the_pool_warms_kernels_for_the_next_wave_while_one_runs(tmp_path):
         pool.close()
 
 
+def test_a_take_waits_for_the_kernel_on_its_way_instead_of_starting_another(tmp_path):
+    """An investigation that opens while its warm kernel is still starting takes that one: a
+    second start beside it would only slow both on a busy machine."""
+    import time
+
+    from maia_core.execution import containment
+    from maia_core.execution.sandbox import KernelPool
+
+    containment.check("bwrap")
+    pool = KernelPool("bwrap", tmp_path / "kernels.log", size=2)
+    try:
+        pool.expect(0, opening=1)  # one investigation opening, none after it
+        pool.fill()
+        assert pool._starting == 1
+        kernel = pool.take()  # at once: its kernel is still starting
+        deadline = time.monotonic() + 120
+        while pool._starting and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert kernel.error is None and kernel.alive()
+        assert pool.started == 1 and not pool._ready and pool._starting == 0
+        kernel.reap()
+    finally:
+        pool.close()
+
+
 def test_kernels_start_ahead_only_for_investigations_still_to_open(
     thirdparty, monkeypatch, tmp_path
 ):

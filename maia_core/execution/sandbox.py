@@ -516,6 +516,7 @@ class KernelPool:
         self._ready: list[KernelProcess] = []
         self._starting = 0
         self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)  # a kernel became ready, or failed
         self._closed = False
         self._filling = False
         self.started = 0
@@ -535,6 +536,7 @@ class KernelPool:
             kernel = None
         with self._lock:
             self._starting -= 1
+            self._changed.notify_all()
             if kernel is None:
                 return
             if self._closed or kernel.error:
@@ -592,13 +594,16 @@ class KernelPool:
         self._trim()
 
     def take(self) -> KernelProcess:
-        """A ready kernel: a warm one if there is one (and it is still alive), else one
-        started now."""
+        """A ready kernel: a warm one if there is one (and it is still alive), else the next
+        one of those starting, else one started now (never a second start beside one that is
+        on its way: on a busy machine both would come later)."""
         with self._lock:
             if self.opening:
                 self.opening -= 1
         while True:
             with self._lock:
+                while not self._ready and self._starting and not self._closed:
+                    self._changed.wait()
                 kernel = self._ready.pop(0) if self._ready else None
             if kernel is None or kernel.alive():
                 break
@@ -616,6 +621,7 @@ class KernelPool:
         with self._lock:
             self._closed = True
             idle, self._ready = self._ready, []
+            self._changed.notify_all()
         for kernel in idle:
             kernel.reap()
 
