@@ -9,8 +9,9 @@ process and must come before its first large allocation, so each measurement is 
 process:
 
 - ``default``: glibc as it comes (every activation above its mmap threshold is a fresh
-  ``mmap``, faulted in page by page and unmapped after use);
-- ``tuned``: ``tune_malloc()`` first, as ``maia`` and the model host do.
+  ``mmap``, faulted in page by page and unmapped after use), in 4 KB pages;
+- ``tuned``: ``tune_malloc()`` first, as ``maia`` and the model host do (the heap kept, and
+  huge pages where the kernel gives them for the asking).
 
 Each process times both memory layouts, the target's own and ``channels_last``, interleaved.
 Rounds alternate the two settings, so load on a shared machine hits both alike. Printed per
@@ -124,7 +125,10 @@ def reference(
     cmd += [a for o in target_options for a in ("--target-option", o)]
     cmd += ["--channels-last"] if channels_last else []
     cmd += ["--thread"] if thread else []
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    # A default child must not inherit what this process's tune_malloc put in the environment.
+    from maia_core.allocator import untuned_environ
+
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=untuned_environ())
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 

@@ -65,40 +65,100 @@ def test_tuned_malloc_reuses_a_freed_block_instead_of_faulting_it_in_again():
     assert tuned < pages * 0.05
 
 
+# Whether this kernel gives huge pages for the asking: then tune_malloc asks torch to ask.
+HUGE = allocator.huge_page_mode() in ("always", "madvise")
+EXPECTED = {
+    "M_MMAP_THRESHOLD": allocator.LARGE,
+    "M_TRIM_THRESHOLD": allocator.LARGE,
+    "M_ARENA_MAX": 1,
+    **({allocator.THP_VARIABLE: 1} if HUGE else {}),
+}
+
+
+def clean_environ(**env: str) -> dict[str, str]:
+    """The environment without any allocator setting (this pytest process's own included)."""
+    ours = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    for name in ("GLIBC_TUNABLES", allocator.THP_VARIABLE):
+        ours.pop(name, None)
+    return {**ours, **env}
+
+
 @glibc
-def test_tune_malloc_sets_the_three_settings_once_and_leaves_the_users_own():
+def test_tune_malloc_sets_its_settings_once_and_leaves_the_users_own():
     script = (
         "import json; from maia_core.allocator import tune_malloc, applied; "
         "first = tune_malloc(); print(json.dumps([first, tune_malloc(), applied()]))"
     )
 
     def run(**env: str) -> list[dict]:
-        clean = {
-            k: v
-            for k, v in os.environ.items()
-            if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"
-        }
         out = subprocess.run(
             [sys.executable, "-c", script],
             capture_output=True,
             text=True,
             check=True,
-            env={**clean, **env},
+            env=clean_environ(**env),
         )
         return json.loads(out.stdout)
 
     first, again, seen = run()
-    assert first == {
-        "M_MMAP_THRESHOLD": allocator.LARGE,
-        "M_TRIM_THRESHOLD": allocator.LARGE,
-        "M_ARENA_MAX": 1,
-    }
+    assert first == EXPECTED
     assert again == first and seen == first
-    # A setting the user made through glibc's variables is theirs.
+    # A setting the user made through glibc's or torch's variables is theirs.
     first, _, _ = run(MALLOC_ARENA_MAX="4")
-    assert set(first) == {"M_MMAP_THRESHOLD", "M_TRIM_THRESHOLD"}
+    assert set(first) == set(EXPECTED) - {"M_ARENA_MAX"}
     first, _, _ = run(GLIBC_TUNABLES="glibc.malloc.mmap_threshold=65536")
-    assert set(first) == {"M_TRIM_THRESHOLD", "M_ARENA_MAX"}
+    assert set(first) == set(EXPECTED) - {"M_MMAP_THRESHOLD"}
+    first, _, _ = run(THP_MEM_ALLOC_ENABLE="0")
+    assert set(first) == set(EXPECTED) - {allocator.THP_VARIABLE}
+
+
+# A 64 MB tensor, written; then the flags of the memory area that holds it (smaps' VmFlags:
+# "hg" is madvise(MADV_HUGEPAGE), asked whether or not the kernel had huge pages free).
+HUGE_ASKED = """
+import json, sys
+if sys.argv[1] == "tuned":
+    from maia_core.allocator import tune_malloc
+    tune_malloc()
+import torch
+x = torch.empty(64 << 20, dtype=torch.uint8)
+x.fill_(1)
+address, flags, inside = x.data_ptr(), None, False
+for line in open("/proc/self/smaps"):
+    head = line.split()[0]
+    if "-" in head and ":" not in head:
+        start, end = (int(v, 16) for v in head.split("-"))
+        inside = start <= address < end
+    elif inside and head == "VmFlags:":
+        flags = line.split()[1:]
+        break
+print(json.dumps(flags))
+"""
+
+
+@glibc
+@pytest.mark.skipif(not HUGE, reason="this kernel gives no huge pages for the asking")
+def test_tuned_processes_ask_for_huge_pages_for_large_tensors():
+    def flags(setting: str) -> list[str]:
+        out = subprocess.run(
+            [sys.executable, "-c", HUGE_ASKED, setting],
+            capture_output=True,
+            text=True,
+            check=True,
+            env=clean_environ(),
+        )
+        return json.loads(out.stdout)
+
+    assert "hg" in flags("tuned")
+    assert "hg" not in flags("default")
+
+
+def test_a_benchmarks_default_child_leaves_out_what_tune_malloc_set(monkeypatch):
+    monkeypatch.setattr(allocator, "_applied", {allocator.THP_VARIABLE: 1})
+    monkeypatch.setenv(allocator.THP_VARIABLE, "1")
+    assert allocator.THP_VARIABLE not in allocator.untuned_environ()
+    # The user's own setting stays.
+    monkeypatch.setattr(allocator, "_applied", {})
+    assert allocator.untuned_environ()[allocator.THP_VARIABLE] == "1"
 
 
 def test_tune_malloc_is_a_no_op_without_glibc(monkeypatch):
@@ -125,10 +185,14 @@ def test_the_maia_command_tunes_malloc_first():
         "from maia_core import allocator\n"
         "print(sorted(allocator.applied()))\n"
     )
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
-    assert out.stdout.strip().splitlines()[-1] == str(
-        ["M_ARENA_MAX", "M_MMAP_THRESHOLD", "M_TRIM_THRESHOLD"]
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=clean_environ(),
     )
+    assert out.stdout.strip().splitlines()[-1] == str(sorted(EXPECTED))
 
 
 # Free every other block of many: the heap keeps holes it cannot shrink from its top, as a
@@ -168,3 +232,23 @@ def test_kept_memory_is_handed_back_past_the_headroom():
     assert not r["spared"] and r["after_spared"] > 900 * mb  # within the headroom: kept
     assert r["trimmed"] and r["trims"] == 1
     assert r["after"] < r["held"] - 400 * mb  # the 512 MB of holes went back
+
+
+def test_a_model_host_sees_the_users_allocator_settings():
+    # A host tunes its own allocator as it starts, and must leave the user's choice alone:
+    # their variables reach it (secrets never do).
+    from maia_core.execution.isolation import child_environment
+
+    env = {
+        "PATH": "/bin",
+        "MALLOC_ARENA_MAX": "4",
+        "GLIBC_TUNABLES": "glibc.malloc.trim_threshold=0",
+        allocator.THP_VARIABLE: "0",
+        "MALLOC_API_KEY": "sk-ant-api03-AbCdEfGhIjKlMnOpQrStUvWxYz",
+    }
+    assert child_environment(env) == {
+        "PATH": "/bin",
+        "MALLOC_ARENA_MAX": "4",
+        "GLIBC_TUNABLES": "glibc.malloc.trim_threshold=0",
+        allocator.THP_VARIABLE: "0",
+    }

@@ -51,6 +51,9 @@ ALLOWED_NAMES = {
     "DIFFUSERS_OFFLINE",
     "TOKENIZERS_PARALLELISM",
     "USE_HUB_KERNELS",
+    # The allocator settings a user may make (maia_core.allocator leaves them to the user).
+    "GLIBC_TUNABLES",
+    "THP_MEM_ALLOC_ENABLE",
 }
 ALLOWED_PREFIXES = (
     "LC_",
@@ -70,6 +73,7 @@ ALLOWED_PREFIXES = (
     "HUGGINGFACE_",
     "XDG_",
     "MAIA_",
+    "MALLOC_",
 )
 SECRET_SUFFIXES = (
     "_KEY",
