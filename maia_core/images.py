@@ -79,6 +79,11 @@ def resize_longest(img: Image.Image, max_side: int) -> Image.Image:
     return img.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BICUBIC)
 
 
+def as_rgb(img: Image.Image) -> Image.Image:
+    """``img`` itself if it is RGB, else its RGB conversion (``convert`` would copy it)."""
+    return img if img.mode == "RGB" else img.convert("RGB")
+
+
 def to_pil(obj: Any) -> Image.Image:
     """Turn what agent code passes for an image into an RGB PIL image.
 
@@ -90,7 +95,7 @@ def to_pil(obj: Any) -> Image.Image:
     from PIL import Image
 
     if isinstance(obj, Image.Image):
-        return obj if obj.mode == "RGB" else obj.convert("RGB")
+        return as_rgb(obj)
     if hasattr(obj, "detach") and hasattr(obj, "cpu"):  # a torch tensor, without importing torch
         arr = obj.detach().float().cpu().numpy()
         if arr.ndim == 3 and arr.shape[0] in (1, 3, 4) and arr.shape[-1] not in (1, 3, 4):
@@ -145,7 +150,7 @@ def dim_outside(img: Image.Image, mask: np.ndarray, factor: float = DIM_OUTSIDE)
     import numpy as np
     from PIL import Image
 
-    img = img.convert("RGB") if img.mode != "RGB" else img
+    img = as_rgb(img)
     if mask.shape != (img.height, img.width):
         raise ValueError(f"mask {mask.shape} does not match image {(img.height, img.width)}")
     # PIL's table lookup and composite: the same pixels as the arithmetic in numpy, in a

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from maia_core.errors import UserError
-from maia_core.images import dim_outside, to_pil_list
+from maia_core.images import as_rgb, dim_outside, to_pil_list
 from maia_core.target import Target
 from maia_core.torch_runtime.basis import Basis
 from maia_core.units import LayerInfo, Unit
@@ -192,7 +192,7 @@ class Preprocess:
     def view(self, img: Image.Image) -> Image.Image:
         """Resize the shorter side to size/crop_pct, then center-crop to the input size."""
         h, w = self.size
-        img = img if img.mode == "RGB" else img.convert("RGB")  # the crop or resize copies
+        img = as_rgb(img)  # not a copy: the crop or resize below makes one
         scale_to = math.floor(max(h, w) / self.crop_pct + 1e-6)
         iw, ih = img.size
         s = scale_to / min(iw, ih)

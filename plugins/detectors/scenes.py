@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from maia_core.images import as_rgb
 from maia_core.options import as_float, reject_unknown
 from maia_core.tools import current_scope
 from maia_core.torch_runtime.detector import Detector
@@ -117,7 +118,7 @@ class ScenesDetector(Detector):
         registry and remember them."""
         if self.registry is None:
             return [False] * len(images)
-        annotations = [self.registry.get(_rgb(img)) for img in images]
+        annotations = [self.registry.get(as_rgb(img)) for img in images]
         keys = None
         if views is not None and any(a is not None for a in annotations):
             keys = pixel_keys(views)
@@ -205,10 +206,6 @@ class ScenesDetector(Detector):
 
 def _grid(masks: torch.Tensor) -> torch.Tensor:
     return masks if masks.shape[-2:] == (GRID, GRID) else to_grid(masks)
-
-
-def _rgb(image: Image.Image) -> Image.Image:
-    return image if image.mode == "RGB" else image.convert("RGB")
 
 
 def noted_batches(

@@ -239,12 +239,13 @@ class ScenesEditImages(_ScenesTool, EditImages):
     def edit(
         self, images: list[Image.Image], instructions: list[str], seed: int
     ) -> tuple[list[Image.Image], list[str | None]]:
+        from maia_core.images import as_rgb
         from maia_plugins.tools.scenes_editing import edit_outside, edit_scene, is_scene_truth
 
         out: list[Image.Image] = []
         notes: list[str | None] = []
         for i, (image, instruction) in enumerate(zip(images, instructions)):
-            image = image.convert("RGB") if image.mode != "RGB" else image
+            image = as_rgb(image)
             truth = self._ctx.truth.get(image)
             edits = self.language.parse_edit(instruction)
             if is_scene_truth(truth, image):
